@@ -1,0 +1,302 @@
+"""Typed configuration: one YAML tree, loaded once, validated at the edge.
+
+Load order: the bundled ``conf/base.yaml``, then each ``--config FILE`` in turn (deep-merged),
+then ``key=value`` overrides (dotted keys, YAML-typed values). Every model forbids unknown keys,
+so a typo fails fast with the dotted path of the bad key. Jobs receive a :class:`Config` and never
+read raw dicts. Every key is documented by its ``Field(description=...)``; ``docs/config.md`` is
+generated from these models (``cleanwell config --docs``) and a test keeps the two in sync.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jobs.common.errors import ConfigError
+
+DOCUMENT_FIELDS = (
+    "text", "url", "domain", "language", "license", "created_at", "crawled_at", "origin", "generator",
+)
+ORIGINS = ("human", "synthetic", "unknown")
+
+
+def conf_dir() -> Path:
+    """The bundled conf/ folder: beside the packages in a checkout, under share/ in a wheel install."""
+    env = os.environ.get("CLEANWELL_CONF_DIR")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(__file__).resolve().parents[2] / "conf", Path(sys.prefix) / "share" / "cleanwell" / "conf"]
+    for candidate in candidates:
+        if (candidate / "base.yaml").is_file():
+            return candidate
+    raise ConfigError(f"cannot find conf/base.yaml; looked in {', '.join(map(str, candidates))}")
+
+
+def resolve_conf_path(path: str) -> Path:
+    """A config-referenced file: as given (relative to the working directory) if it exists,
+    else relative to the bundled conf/ folder's parent, so installed wheels find their defaults."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    bundled = conf_dir().parent / path
+    return bundled if bundled.exists() else p
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(Model):
+    master: str = Field("local[*]", description="Master URL used only when cleanwell builds the session itself "
+                        "(laptop, CI). Under spark-submit or Databricks the active session is reused as is.")
+    app_name: str = Field("cleanwell", description="Spark application name for sessions cleanwell builds.")
+    jars: list[str] = Field(default_factory=list, description="Explicit JAR paths for a session cleanwell builds. "
+                            "Empty: the Delta Lake JARs resolved by `cleanwell fetch-jars` from ~/.m2.")
+    log_level: str = Field("ERROR", description="Spark log level (driver) for sessions cleanwell builds.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark properties for sessions cleanwell "
+                                 "builds (merged over the local defaults in base.yaml).")
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in value.items()} \
+            if isinstance(value, dict) else value
+
+
+class LakeConfig(Model):
+    root: str = Field("./lake", description="Folder (local path or URI such as s3://, abfss://, dbfs:/) that "
+                      "holds every table as a Delta path, when `catalog` is empty.")
+    catalog: str | None = Field(None, description="`catalog.schema` (Unity Catalog) or `schema` (Hive metastore). "
+                                "When set, tables are read and written by name instead of by path.")
+
+
+class TablesConfig(Model):
+    bronze: str = Field("bronze_documents", description="Raw documents with provenance, one row per (source, doc_id).")
+    quarantine: str = Field("quarantine", description="Rejected input records with reason, file and line.")
+    silver: str = Field("silver_documents", description="One row per distinct doc_id with signal columns.")
+    gold: str = Field("gold_mixture", description="Sampled training mixtures (column `mixture` names each).")
+    manifests: str = Field("gold_manifests", description="One row per published mixture: inputs, config hash, counts.")
+    gate_results: str = Field("gate_results", description="Every expectation evaluated by every gate, pass or fail.")
+    pipeline_runs: str = Field("pipeline_runs", description="Successful step runs with input/output versions "
+                               "(drives resume).")
+
+
+class TrackingConfig(Model):
+    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; the MLFLOW_TRACKING_URI environment "
+                     "variable overrides it.")
+    experiment: str = Field("cleanwell", description="MLflow experiment name.")
+    artifact_root: str = Field("./mlartifacts", description="Artifact location given to the experiment when "
+                               "cleanwell creates it (ignored for an existing experiment).")
+
+
+class ProvenanceConfig(Model):
+    ai_cutoff_date: dt.date = Field(dt.date(2022, 11, 30), description="Documents created before this date are "
+                                    "`pre_ai_archive` (ChatGPT's public release by default).")
+    infer_human_before_cutoff: bool = Field(True, description="A document of undeclared origin created before the "
+                                            "cutoff becomes `human` with provenance_method `date-inferred`.")
+    synthetic_source_types: list[str] = Field(
+        default_factory=lambda: ["trainedAlgorithmicMedia", "compositeSynthetic", "algorithmicMedia"],
+        description="IPTC/C2PA digital-source-type values that declare a document AI-generated when found in "
+                    "metadata key `digital_source_type`.")
+
+
+class SourceConfig(Model):
+    name: str = Field(description="Source name stored in every row's `source` column.")
+    path: str = Field(description="File or folder (read recursively) with the source's records.")
+    format: Literal["jsonl", "parquet", "csv", "text"] = Field(description="jsonl: one JSON object a line; parquet; "
+                                                              "csv (header row); text: one document per .txt file.")
+    glob: str | None = Field(None, description="File-name filter inside `path` (e.g. `*.jsonl`); default by format.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Document field -> input column, for fields "
+                                    "whose input name differs (e.g. `text: body`).")
+    defaults: dict[str, str] = Field(default_factory=dict, description="Document field -> constant used when the "
+                                     "record has no value (e.g. `origin: human`, `license: CC-BY-SA-4.0`).")
+    archive: bool = Field(False, description="The source is a pre-AI archive: every document is `pre_ai_archive` "
+                          "and, if its origin is undeclared, `human` by provenance_method `archive`.")
+    csv_delimiter: str = Field(",", description="Field delimiter for format csv.")
+
+    @field_validator("columns", "defaults")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(DOCUMENT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown document field(s) {unknown}; known: {list(DOCUMENT_FIELDS)}")
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _known_origin(cls, value: dict[str, str]) -> dict[str, str]:
+        if "origin" in value and value["origin"] not in ORIGINS:
+            raise ValueError(f"defaults.origin must be one of {list(ORIGINS)}, got {value['origin']!r}")
+        return value
+
+
+class IngestConfig(Model):
+    sources: list[SourceConfig] = Field(default_factory=list, description="Input sources (see the source keys).")
+    max_text_bytes: int = Field(1_000_000, gt=0, description="Documents whose normalised UTF-8 text is larger are "
+                                "quarantined as `text_too_large`.")
+    min_text_chars: int = Field(1, ge=1, description="Documents with fewer characters after normalisation are "
+                                "quarantined as `empty_text`.")
+    raw_preview_chars: int = Field(2000, ge=0, description="How much of a rejected record the quarantine row keeps.")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, value: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        return value
+
+
+class DedupConfig(Model):
+    exact: bool = Field(True, description="Collapse documents with the same doc_id (same normalised text) to one "
+                        "silver row, keeping the best provenance.")
+
+
+class QualityConfig(Model):
+    compute: bool = Field(True, description="Compute the basic quality signals (length, alphabetic ratio, line "
+                          "repetition). Thresholds on them live in the mixture config, not here.")
+
+
+class SampleConfig(Model):
+    mixture: str = Field("conf/mixtures/demo.yaml", description="Mixture config file (see docs/mixtures.md).")
+    manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.")
+
+
+class GatesConfig(Model):
+    suites_dir: str = Field("conf/expectations", description="Folder of expectation suites, one YAML per table.")
+    enabled: bool = Field(True, description="Run the gates. Off is for debugging only: publishes are unchecked.")
+
+
+class ReportConfig(Model):
+    dir: str = Field("./reports", description="Folder for the HTML run reports.")
+
+
+class Config(Model):
+    spark: SparkConfig = SparkConfig()
+    lake: LakeConfig = LakeConfig()
+    tables: TablesConfig = TablesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
+    ingest: IngestConfig = IngestConfig()
+    dedup: DedupConfig = DedupConfig()
+    quality: QualityConfig = QualityConfig()
+    sample: SampleConfig = SampleConfig()
+    gates: GatesConfig = GatesConfig()
+    report: ReportConfig = ReportConfig()
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections; a step reruns when the hash of its sections changes."""
+        payload = {name: self._section(name).model_dump(mode="json") for name in sorted(sections)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _section(self, name: str) -> BaseModel:
+        return getattr(self, name)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML, so numbers and booleans keep their type)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. ingest.max_text_bytes=500000)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    if keys[:2] == ["spark", "conf"] and len(keys) > 3:  # Spark property names contain dots themselves
+        keys = keys[:2] + [".".join(keys[2:])]
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
+    node[keys[-1]] = value
+
+
+def _format_validation_error(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<root>"
+        lines.append(f"  conf key `{key}`: {err['msg']}" + (f" (got {err['input']!r})"
+                                                           if err["type"] != "extra_forbidden" else ""))
+    return "\n".join(lines)
+
+
+def load_config(config_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """base.yaml, then each config file, then key=value overrides -> validated :class:`Config`."""
+    tree = _read_yaml(conf_dir() / "base.yaml")
+    for file in config_files:
+        tree = _deep_merge(tree, _read_yaml(resolve_conf_path(file)))
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set_dotted(tree, keys, value)
+    origin = "base.yaml" + "".join(f" + {f}" for f in config_files) + (" + overrides" if overrides else "")
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from None
+
+
+def config_docs() -> str:
+    """Markdown table of every config key, generated from the models' field descriptions."""
+    out = ["# Configuration keys", "",
+           "Generated by `cleanwell config --docs` from `jobs/common/config.py`; do not edit by hand.",
+           "Set keys in a YAML file passed with `--config FILE`, or on the command line as `key=value`.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        nested = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                nested.append((name, ann))
+                continue
+            default = field.get_default(call_default_factory=True)
+            default = default.isoformat() if isinstance(default, dt.date) else default
+            rows.append(f"| `{prefix}{name}` | `{json.dumps(default, default=str)}` | {field.description or ''} |")
+        if rows:
+            out.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | default | meaning |",
+                        "|---|---|---|", *rows, ""])
+        for name, sub in nested:
+            walk(sub, f"{prefix}{name}.")
+
+    walk(Config, "")
+    out.extend(["## `ingest.sources[]` (each source)", "", "| key | default | meaning |", "|---|---|---|"])
+    for name, field in SourceConfig.model_fields.items():
+        default = "required" if field.is_required() else json.dumps(field.get_default(call_default_factory=True))
+        out.append(f"| `{name}` | `{default}` | {field.description or ''} |")
+    out.append("")
+    return "\n".join(out)
