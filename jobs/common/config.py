@@ -161,13 +161,49 @@ class DedupConfig(Model):
 
 
 class QualityConfig(Model):
-    compute: bool = Field(True, description="Compute the basic quality signals (length, alphabetic ratio, line "
-                          "repetition). Thresholds on them live in the mixture config, not here.")
+    """Quality signals have no settings yet; thresholds on them live in the mixture config."""
 
 
 class SampleConfig(Model):
     mixture: str = Field("conf/mixtures/demo.yaml", description="Mixture config file (see docs/mixtures.md).")
     manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.")
+
+
+class MixtureFilters(Model):
+    min_words: int = Field(0, ge=0, description="Exclude documents with fewer whitespace words.")
+    min_alpha_ratio: float = Field(0.0, ge=0, le=1, description="Exclude documents whose share of alphabetic "
+                                   "non-space characters is lower.")
+    max_duplicate_line_fraction: float = Field(1.0, ge=0, le=1, description="Exclude documents with a larger "
+                                               "share of repeated lines.")
+
+
+class MixtureConfig(Model):
+    """A training mixture (conf/mixtures/*.yaml)."""
+
+    name: str = Field(description="Mixture name; gold rows and manifests carry it.")
+    token_budget: int = Field(gt=0, description="Tokens the mixture should hold.")
+    seed: int = Field(0, description="Seed of the deterministic selection order hash(doc_id, seed).")
+    group_by: Literal["source", "domain", "origin"] = Field("source", description="Column the weights refer to.")
+    weights: dict[str, float] = Field(description="Group value -> share of the budget (normalised to sum 1).")
+    max_synthetic_share: float = Field(0.10, ge=0, le=1, description="Most tokens of synthetic origin, as a share "
+                                       "of the budget.")
+    filters: MixtureFilters = MixtureFilters()
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad or not value or sum(value.values()) <= 0:
+            raise ValueError(f"weights must be non-negative with a positive sum, got {value}")
+        return value
+
+
+def load_mixture(path: str) -> MixtureConfig:
+    resolved = resolve_conf_path(path)
+    try:
+        return MixtureConfig.model_validate(_read_yaml(resolved))
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, f"mixture {resolved}")) from None
 
 
 class GatesConfig(Model):

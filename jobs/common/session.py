@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from jobs.common.config import Config, conf_dir
@@ -90,6 +91,8 @@ def get_spark(cfg: Config):
     if absent:
         raise SetupError("Delta Lake JARs not found: " + ", ".join(absent) +
                          "\nRun `cleanwell fetch-jars` (or `make setup`) once, with network access to Maven Central.")
+    # Workers must run this interpreter (the venv's), not whatever `python3` is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     log4j = conf_dir() / "log4j2.properties"
     builder = (SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
                .config("spark.jars", ",".join(str(j) for j in jars))

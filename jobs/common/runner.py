@@ -1,0 +1,176 @@
+"""What every job shares: resume checks, the MLflow run, timing, progress lines and the CLI shape.
+
+A step is *up to date* when its last successful run used the same config hash, read the inputs that
+are current now, and its outputs have not changed since. Such a step is skipped (``--force``
+reruns it), so a retried Airflow task or a re-run after a crash redoes only what is missing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import click
+from pyspark.sql import SparkSession
+
+from jobs.common import tables
+from jobs.common.config import Config, load_config
+from jobs.common.errors import CleanwellError
+from jobs.common.session import get_spark
+from jobs.common.tracking import RunLog, tracked_run
+
+STATE_SCHEMA = ("step string, run_id string, config_hash string, inputs map<string,string>, "
+                "outputs map<string,string>, summary string, finished_at timestamp")
+
+
+@dataclass(frozen=True)
+class Step:
+    """A pipeline step: which tables it reads and writes and which config sections it depends on."""
+
+    name: str
+    run: Callable[[SparkSession, Config, RunLog], dict[str, Any]]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    config_sections: tuple[str, ...]
+    help: str
+    # Extra input fingerprints that are not tables (ingest: its input files).
+    fingerprints: Callable[[SparkSession, Config], dict[str, str]] | None = None
+
+
+@dataclass
+class StepOutcome:
+    step: str
+    status: str  # "ran" | "up-to-date"
+    seconds: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+def _version_key(spark: SparkSession, cfg: Config, name: str) -> str:
+    version = tables.current_version(spark, tables.table_ref(cfg, name))
+    return "absent" if version is None else str(version)
+
+
+def _successful_runs(spark: SparkSession, cfg: Config):
+    ref = tables.table_ref(cfg, "pipeline_runs")
+    return tables.read_table(spark, ref).collect() if tables.exists(spark, ref) else []
+
+
+def _upstream_writers(step: Step, table: str) -> list[str]:
+    from jobs.pipeline import STEPS  # the registry imports every job module, which imports this one
+
+    names = [s.name for s in STEPS]
+    before = STEPS[:names.index(step.name)] if step.name in names else STEPS
+    return [s.name for s in before if table in s.outputs]
+
+
+def fingerprint(spark: SparkSession, cfg: Config, step: Step, runs: list | None = None) -> dict[str, str]:
+    """The state of the step's inputs. A table that several steps write in turn (silver gains a column
+    per signal step) is identified by the version its latest *upstream* writer left, so a step's own
+    in-place write, or a later step's, does not make it look stale."""
+    runs = _successful_runs(spark, cfg) if runs is None else runs
+    prints = {}
+    for table in step.inputs:
+        writers = set(_upstream_writers(step, table))
+        latest = max((r for r in runs if r["step"] in writers), key=lambda r: r["finished_at"], default=None)
+        recorded = dict(latest["outputs"]).get(f"table:{table}") if latest is not None else None
+        prints[f"table:{table}"] = recorded or _version_key(spark, cfg, table)
+    if step.fingerprints:
+        prints.update(step.fingerprints(spark, cfg))
+    return prints
+
+
+def is_up_to_date(spark: SparkSession, cfg: Config, step: Step, config_hash: str) -> bool:
+    """Same config hash and same input state as the step's last successful run, outputs still there."""
+    runs = _successful_runs(spark, cfg)
+    last = max((r for r in runs if r["step"] == step.name), key=lambda r: r["finished_at"], default=None)
+    if last is None or last["config_hash"] != config_hash:
+        return False
+    written = {k for k, v in dict(last["outputs"]).items() if v != "absent"}
+    if any(_version_key(spark, cfg, k.removeprefix("table:")) == "absent" for k in written):
+        return False  # an output it wrote has been deleted since
+    return fingerprint(spark, cfg, step, runs) == dict(last["inputs"])
+
+
+def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, config_hash: str,
+                    inputs: dict[str, str], summary: dict[str, Any]) -> None:
+    import json
+
+    outputs = {f"table:{name}": _version_key(spark, cfg, name) for name in step.outputs}
+    row = [(step.name, run_id, config_hash, inputs, outputs, json.dumps(summary, default=str),
+            dt.datetime.now(dt.timezone.utc))]
+    tables.append(spark.createDataFrame(row, STATE_SCHEMA), tables.table_ref(cfg, "pipeline_runs"), run_id=run_id)
+
+
+def execute(step: Step, spark: SparkSession, cfg: Config, force: bool = False,
+            echo: Callable[[str], None] = click.echo) -> StepOutcome:
+    """Run one step (or skip it when up to date) inside its own MLflow run."""
+    start = time.perf_counter()
+    config_hash = cfg.section_hash(*step.config_sections)
+    if not force and is_up_to_date(spark, cfg, step, config_hash):
+        echo(f"[{step.name}] up to date (inputs and config unchanged since the last successful run); "
+             "--force reruns it")
+        return StepOutcome(step.name, "up-to-date", time.perf_counter() - start)
+    echo(f"[{step.name}] running …")
+    inputs = fingerprint(spark, cfg, step)
+    params = {name: getattr(cfg, name).model_dump(mode="json") for name in step.config_sections}
+    with tracked_run(cfg, step.name, params=params) as log:
+        log.tags({"cleanwell.config_hash": config_hash, **{f"input.{k}": v for k, v in inputs.items()}})
+        summary = step.run(spark, cfg, log) or {}
+        seconds = time.perf_counter() - start
+        log.metric("seconds", seconds)
+        _record_success(spark, cfg, step, log.run_id, config_hash, inputs, summary)
+    echo(f"[{step.name}] done in {seconds:.1f} s: {format_summary(summary)}")
+    return StepOutcome(step.name, "ran", seconds, summary, log.run_id)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    parts = []
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {v}" for k, v in value.items() if v) or "none"
+            parts.append(f"{key} ({inner})")
+        else:
+            parts.append(f"{key} {value}")
+    return "; ".join(parts)
+
+
+# --- CLI shape shared by every job -------------------------------------------------------------
+
+def config_options(func: Callable) -> Callable:
+    """``--config FILE`` (repeatable) and trailing ``key=value`` overrides."""
+    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(func)
+    return click.option("--config", "-c", "config_files", multiple=True, type=click.Path(dir_okay=False),
+                        help="YAML file merged over conf/base.yaml (repeatable; later files win).")(func)
+
+
+def run_guarded(action: Callable[[], Any]) -> Any:
+    """Run a CLI action; print a CleanwellError as a one-paragraph message and exit 2, no traceback."""
+    try:
+        return action()
+    except CleanwellError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+
+
+def step_command(step: Step) -> click.Command:
+    """A click command for one step: ``cleanwell <step> [--config F] [--force] [key=value …]``."""
+
+    @click.command(name=step.name, help=step.help)
+    @config_options
+    @click.option("--force", is_flag=True, help="Run even if inputs and config are unchanged since the last run.")
+    def command(config_files: tuple[str, ...], overrides: tuple[str, ...], force: bool) -> None:
+        def action() -> None:
+            cfg = load_config(config_files, overrides)
+            execute(step, get_spark(cfg), cfg, force=force)
+
+        run_guarded(action)
+
+    return command
+
+
+def job_main(step: Step, argv: list[str] | None = None) -> None:
+    """Entry point for ``python -m jobs.<step>`` and ``spark-submit jobs/<step>.py``."""
+    step_command(step).main(args=argv, prog_name=f"cleanwell {step.name}")

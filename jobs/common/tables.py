@@ -1,0 +1,159 @@
+"""Delta table I/O by logical name: path under the lake root, or a catalog table name.
+
+Every write is one Delta commit, so a reader sees the previous version or the new one, never a
+half-written table, and an interrupted job leaves the last good version readable. Writes record the
+MLflow run id as the commit's user metadata, so ``DESCRIBE HISTORY`` leads back to the run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+
+from jobs.common.config import Config
+from jobs.common.errors import InputError
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where a logical table lives: ``name`` is the key in ``conf tables``, ``location`` a path or table name."""
+
+    name: str
+    location: str
+    by_path: bool
+
+    def __str__(self) -> str:
+        return self.location
+
+
+def table_ref(cfg: Config, name: str) -> TableRef:
+    physical = getattr(cfg.tables, name)
+    if cfg.lake.catalog:
+        return TableRef(name, f"{cfg.lake.catalog}.{physical}", by_path=False)
+    return TableRef(name, f"{cfg.lake.root.rstrip('/')}/{physical}", by_path=True)
+
+
+def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+    return DeltaTable.forPath(spark, ref.location) if ref.by_path else DeltaTable.forName(spark, ref.location)
+
+
+def exists(spark: SparkSession, ref: TableRef) -> bool:
+    if ref.by_path:
+        return DeltaTable.isDeltaTable(spark, ref.location)
+    return spark.catalog.tableExists(ref.location)
+
+
+def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -> DataFrame:
+    """The table's latest version, or ``version`` (time travel)."""
+    if not exists(spark, ref):
+        raise InputError(f"table `{ref.name}` does not exist at {ref.location}; run the step that creates it first")
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(ref.location) if ref.by_path else reader.table(ref.location)
+
+
+def current_version(spark: SparkSession, ref: TableRef) -> int | None:
+    """Latest committed version, or None when the table does not exist yet."""
+    if not exists(spark, ref):
+        return None
+    return int(_delta_table(spark, ref).history(1).select("version").first()[0])
+
+
+def history(spark: SparkSession, ref: TableRef, limit: int | None = None) -> DataFrame:
+    table = _delta_table(spark, ref)
+    return table.history(limit) if limit else table.history()
+
+
+def require_columns(df: DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise InputError(f"{what} lacks column(s) {missing}; found: {sorted(df.columns)}. "
+                         "Run the step that adds them first.")
+
+
+def _writer(df: DataFrame, run_id: str | None):
+    writer = df.write.format("delta")
+    return writer.option("userMetadata", f"mlflow_run_id={run_id}") if run_id else writer
+
+
+def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replace_where: str | None = None,
+              properties: dict[str, str] | None = None) -> int:
+    """Replace the table (or the rows matching ``replace_where``) in one commit; schema may change."""
+    writer = _writer(df, run_id).mode("overwrite")
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
+    else:
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    if properties:
+        set_properties(df.sparkSession, ref, properties)
+    return current_version(df.sparkSession, ref)
+
+
+def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> int:
+    writer = _writer(df, run_id).mode("append").option("mergeSchema", "true")
+    writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    return current_version(df.sparkSession, ref)
+
+
+def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
+    """Insert rows whose key is not in the table yet (idempotent: re-running inserts nothing).
+    Returns the number of rows inserted. ``df`` must be unique on ``keys``."""
+    spark = df.sparkSession
+    if not exists(spark, ref):
+        count = df.count()
+        if count:
+            overwrite(df, ref, run_id=run_id)
+        return count
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    _with_commit_metadata(spark, run_id,
+                          lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
+                          .whenNotMatchedInsertAll().execute())
+    return _last_operation_metric(spark, ref, "numTargetRowsInserted")
+
+
+def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
+    """MERGE: update rows whose key exists, insert the others. Returns rows inserted + updated."""
+    spark = df.sparkSession
+    if not exists(spark, ref):
+        overwrite(df, ref, run_id=run_id)
+        return df.count()
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    _with_commit_metadata(spark, run_id,
+                          lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
+                          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    return (_last_operation_metric(spark, ref, "numTargetRowsInserted")
+            + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
+
+
+def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
+    """Record settings in the table's properties (e.g. the parameters its rows were computed with)."""
+    target = f"delta.`{ref.location}`" if ref.by_path else ref.location
+    assignments = ", ".join(f"'{k}' = '{str(v).replace(chr(39), '')}'" for k, v in properties.items())
+    spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({assignments})")
+
+
+def properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
+    return dict(_delta_table(spark, ref).detail().select("properties").first()[0] or {})
+
+
+def _with_commit_metadata(spark: SparkSession, run_id: str | None, action) -> None:
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    previous = spark.conf.get(key, None)
+    if run_id:
+        spark.conf.set(key, f"mlflow_run_id={run_id}")
+    try:
+        action()
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+def _last_operation_metric(spark: SparkSession, ref: TableRef, metric: str) -> int:
+    metrics = _delta_table(spark, ref).history(1).select("operationMetrics").first()[0] or {}
+    return int(metrics.get(metric, 0))

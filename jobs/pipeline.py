@@ -1,0 +1,59 @@
+"""The whole pipeline: every step in order, each skipped when up to date, under one MLflow run."""
+from __future__ import annotations
+
+import click
+
+from jobs import dedup, ingest, quality, report, sample
+from jobs.common import tables
+from jobs.common.config import Config, load_config
+from jobs.common.errors import ConfigError
+from jobs.common.runner import StepOutcome, config_options, execute, run_guarded
+from jobs.common.session import get_spark
+from jobs.common.tracking import pipeline_run
+
+STEPS = [ingest.STEP, dedup.STEP, quality.STEP, sample.STEP, report.STEP]
+STEP_NAMES = [s.name for s in STEPS]
+
+
+def run_pipeline(cfg: Config, steps: list[str] | None = None, force: bool = False) -> list[StepOutcome]:
+    unknown = sorted(set(steps or []) - set(STEP_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown step(s) {unknown}; steps are: {', '.join(STEP_NAMES)}")
+    spark = get_spark(cfg)
+    outcomes = []
+    with pipeline_run(cfg) as parent_id:
+        click.echo(f"cleanwell pipeline (MLflow run {parent_id}); lake: {tables.table_ref(cfg, 'bronze').location}")
+        for step in STEPS:
+            if steps and step.name not in steps:
+                continue
+            outcomes.append(execute(step, spark, cfg, force=force))
+    return outcomes
+
+
+@click.command(name="run", help="Run the pipeline (ingest, dedup, quality, sample, report). Steps whose inputs "
+                                "and config are unchanged since their last successful run are skipped.")
+@config_options
+@click.option("--steps", help=f"Comma-separated subset of: {','.join(STEP_NAMES)}.")
+@click.option("--force", is_flag=True, help="Rerun steps even when they are up to date.")
+def command(config_files: tuple[str, ...], overrides: tuple[str, ...], steps: str | None, force: bool) -> None:
+    def action() -> None:
+        cfg = load_config(config_files, overrides)
+        chosen = [s.strip() for s in steps.split(",") if s.strip()] if steps else None
+        outcomes = run_pipeline(cfg, chosen, force)
+        ran = sum(o.status == "ran" for o in outcomes)
+        click.echo(f"pipeline finished: {ran} step(s) ran, {len(outcomes) - ran} up to date, "
+                   f"{sum(o.seconds for o in outcomes):.1f} s")
+        for outcome in outcomes:
+            for key in ("manifest", "report"):
+                if key in outcome.summary:
+                    click.echo(f"  {key}: {outcome.summary[key]}")
+
+    run_guarded(action)
+
+
+def main(argv: list[str] | None = None) -> None:
+    command.main(args=argv, prog_name="cleanwell run")
+
+
+if __name__ == "__main__":
+    main()
