@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "PyYAML==6.0.4",
     "pydantic==2.14.4",
     "click==8.5.1",
+    "py3langid==0.4.0",
 ]
 
 EXTRAS = {

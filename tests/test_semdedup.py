@@ -1,0 +1,119 @@
+"""SemDeDup within a cluster (udfs.semdedup): chunked result equals the brute-force reference."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from udfs.embeddings import EmbeddingModel
+from udfs.semdedup import semantic_duplicate_of, semantic_duplicate_of_brute_force
+
+M4 = Path(__file__).parents[1] / "data" / "m4"
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def m4_cluster() -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Wikipedia human texts, a re-crawled copy of every third one, and a one-word edit of every
+    fifth copy: groups of 1, 2 and 3 near-duplicates among unrelated pages."""
+    rows = [json.loads(line) for line in (M4 / "wikipedia_llama2.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [row["human_text"].strip() for row in rows[:60]]
+    ids = [f"wiki-{i}" for i in range(len(texts))]
+    for i in range(0, 60, 3):
+        texts.append("Retrieved 2024.\n" + texts[i].replace("\n\n", "\n"))
+        ids.append(f"wiki-{i}-recrawl")
+        if i % 5 == 0:
+            texts.append(texts[i].replace(" was ", " is ", 1) + "\nShare this page.")
+            ids.append(f"wiki-{i}-edited")
+    vectors = EmbeddingModel().fit(texts).transform(texts)
+    priority = np.random.default_rng(7).permutation(len(texts)).astype(float)
+    return vectors, ids, priority
+
+
+def _assert_no_pair_near(vectors: np.ndarray, threshold: float, margin: float = 1e-4) -> None:
+    # Rounding differs between BLAS and the Python reference: keep every pair away from the edge.
+    similarity = vectors.astype(np.float64) @ vectors.astype(np.float64).T
+    assert not (np.abs(similarity[np.triu_indices(len(vectors), 1)] - threshold) < margin).any()
+
+
+def _threshold_between_pairs(vectors: np.ndarray, near: float) -> float:
+    """The midpoint of the widest gap between pair similarities within 0.01 of ``near``."""
+    similarity = vectors.astype(np.float64) @ vectors.astype(np.float64).T
+    values = np.sort(similarity[np.triu_indices(len(vectors), 1)])
+    values = values[(values > near - 0.01) & (values < near + 0.01)]
+    widest = int(np.argmax(np.diff(values)))
+    return float((values[widest] + values[widest + 1]) / 2)
+
+
+def test_chunked_equals_brute_force_on_m4_near_duplicates(m4_cluster):
+    vectors, ids, priority = m4_cluster
+    _assert_no_pair_near(vectors, 0.9)
+    chunked = semantic_duplicate_of(vectors, ids, priority, threshold=0.9, chunk_rows=16)
+    reference = semantic_duplicate_of_brute_force(vectors, ids, priority, threshold=0.9)
+    assert chunked.tolist() == reference.tolist()
+    # 20 re-crawls and 4 edits are duplicates; the 60 originals' own cosine stays below 0.9.
+    assert sum(value is not None for value in chunked) == 24
+
+
+def test_chunked_equals_brute_force_on_random_clusters():
+    rng = np.random.default_rng(11)
+    centres = rng.normal(size=(40, 32))
+    vectors = _unit(np.repeat(centres, 5, axis=0) + rng.normal(scale=rng.uniform(0.05, 0.6, size=(200, 1)),
+                                                             size=(200, 32)))
+    ids = [f"doc-{i:03d}" for i in range(200)]
+    priority = rng.integers(0, 5, size=200)  # many ties: broken by id
+    for near in (0.8, 0.95):
+        threshold = _threshold_between_pairs(vectors, near)
+        chunked = semantic_duplicate_of(vectors, ids, priority, threshold, chunk_rows=33)
+        reference = semantic_duplicate_of_brute_force(vectors, ids, priority, threshold)
+        assert chunked.tolist() == reference.tolist()
+        assert 20 < sum(value is not None for value in chunked) < 160  # neither nothing nor everything
+
+
+def test_chain_keeps_only_the_highest_priority_document():
+    # a~b (cos 0.96), b~c (0.96), a and c below the threshold: one connected group.
+    angles = np.radians([0.0, 16.0, 32.0, 90.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    result = semantic_duplicate_of(vectors, ["a", "b", "c", "d"], [2.0, 1.0, 3.0, 0.0], threshold=0.95)
+    assert result.tolist() == ["b", None, "b", None]
+
+
+def test_priority_ties_go_to_the_smallest_id_whatever_the_input_order():
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    forward = semantic_duplicate_of(vectors, ["y", "x", "z"], [0, 0, 0], threshold=0.99)
+    backward = semantic_duplicate_of(vectors[::-1], ["z", "x", "y"], [0, 0, 0], threshold=0.99)
+    assert forward.tolist() == ["x", None, None]
+    assert backward.tolist() == [None, None, "x"]
+
+
+def test_zero_rows_match_nothing_and_empty_input_is_empty():
+    vectors = np.array([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]], dtype=np.float32)
+    assert semantic_duplicate_of(vectors, [1, 2, 3], [0, 1, 2], 0.5).tolist() == [None, None, None]
+    assert semantic_duplicate_of(np.zeros((0, 4)), [], [], 0.9).tolist() == []
+
+
+def test_invalid_inputs_are_errors_that_say_what_is_wrong():
+    unit = np.eye(2, dtype=np.float32)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        semantic_duplicate_of(unit * 2, ["a", "b"], [0, 1], 0.9)
+    with pytest.raises(ValueError, match="unique"):
+        semantic_duplicate_of(unit, ["a", "a"], [0, 1], 0.9)
+    with pytest.raises(ValueError, match="one id and priority per row"):
+        semantic_duplicate_of(unit, ["a"], [0, 1], 0.9)
+    with pytest.raises(ValueError, match="cosine similarity"):
+        semantic_duplicate_of(unit, ["a", "b"], [0, 1], 1.5)
+
+
+def test_cluster_of_five_thousand_in_small_chunks():
+    rng = np.random.default_rng(5)
+    base = _unit(rng.normal(size=(2500, 64)))
+    vectors = np.concatenate([base, _unit(base + 0.02 * rng.normal(size=base.shape))])
+    ids = list(range(5000))
+    result = semantic_duplicate_of(vectors, ids, np.arange(5000), threshold=0.95, chunk_rows=512)
+    assert result[2500:].tolist() == list(range(2500))
+    assert all(value is None for value in result[:2500])
