@@ -6,7 +6,8 @@ Re-ingesting the same files inserts nothing (MERGE on doc_id and source) and add
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 from pyspark import StorageLevel
@@ -47,7 +48,7 @@ def _parser(settings: ParseSettings):
     def parse(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rows: list[dict[str, Any]] = []
         for batch in batches:
-            for path, content in zip(batch.column("path").to_pylist(), batch.column("content").to_pylist()):
+            for path, content in zip(batch.column("path").to_pylist(), batch.column("content").to_pylist(), strict=True):
                 for row in parse_file(path, content, settings):
                     if row.get("metadata") is not None:
                         row["metadata"] = list(row["metadata"].items())

@@ -125,7 +125,7 @@ def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]
                                                         .plot.barh(ax=ax), ax.set_xlabel("tokens"))))
         sections.append("<h3>Manifest</h3><pre>" + html.escape(json.dumps(latest_manifest, indent=2)) + "</pre>")
 
-    generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cleanwell run report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px;margin:.5em 0}} table.t td,table.t th{{padding:3px 8px;

@@ -79,7 +79,7 @@ def build_manifest(spark: SparkSession, cfg: Config, mixture: MixtureConfig, gol
     return {
         "mixture": mixture.name,
         "run_id": run_id,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": mixture_hash(mixture),
         "mixture_config": mixture.model_dump(mode="json"),
         "inputs": {
@@ -107,7 +107,7 @@ def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], l
     (folder / "latest.json").write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     row = [(manifest["run_id"], manifest["mixture"], manifest["config_hash"], manifest["inputs"]["silver"]["version"],
             manifest["gold_version"], manifest["token_budget"], manifest["tokens"], manifest["documents"],
-            json.dumps(manifest, default=str), dt.datetime.now(dt.timezone.utc))]
+            json.dumps(manifest, default=str), dt.datetime.now(dt.UTC))]
     schema = ("run_id string, mixture string, config_hash string, silver_version long, gold_version long, "
               "token_budget long, tokens long, documents long, manifest string, created_at timestamp")
     tables.append(spark.createDataFrame(row, schema), tables.table_ref(cfg, "manifests"), run_id=log.run_id)

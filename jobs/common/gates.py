@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pyspark import StorageLevel
@@ -112,7 +113,7 @@ def validate(df: DataFrame, suite: str, specs: list[tuple[str, dict[str, Any]]])
 
 def record(cfg: Config, spark, result: GateResult, log: RunLog, target: str) -> None:
     """Append the outcomes to the gate_results table and log them to MLflow (pass or fail)."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     rows = [(log.run_id, log.step, target, result.suite, o.expectation, json.dumps(o.kwargs, default=str), o.success,
              json.dumps(o.observed, default=str)[:20000], now) for o in result.outcomes]
     tables.append(spark.createDataFrame(rows, GATE_RESULT_SCHEMA), tables.table_ref(cfg, "gate_results"),

@@ -11,8 +11,9 @@ import csv
 import datetime as dt
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from jobs.common.config import DOCUMENT_FIELDS, ORIGINS, IngestConfig, ProvenanceConfig, SourceConfig
 from udfs.text import content_hash, normalize_text
@@ -38,7 +39,7 @@ class Rejected(Exception):
 def parse_date(value: Any) -> dt.datetime:
     """ISO 8601 date or datetime (``Z`` allowed), a few common layouts, or epoch seconds -> aware UTC."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
+        return dt.datetime.fromtimestamp(value, tz=dt.UTC)
     if isinstance(value, dt.datetime):
         parsed = value
     elif isinstance(value, dt.date):
@@ -58,7 +59,7 @@ def parse_date(value: Any) -> dt.datetime:
                 raise ValueError(f"unrecognised date {value!r}") from None
     else:
         raise ValueError(f"unrecognised date of type {type(value).__name__}")
-    return parsed.replace(tzinfo=dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(dt.timezone.utc)
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
 def resolve_provenance(declared_origin: str | None, created_at: dt.datetime | None, metadata: dict[str, str],
@@ -193,7 +194,7 @@ def _csv(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[st
                 continue
             yield number, _rejection("malformed_csv", f"{len(row)} fields, header has {len(header)}", raw, settings)
             continue
-        yield number, _from_mapping(dict(zip(header, row)), raw, settings)
+        yield number, _from_mapping(dict(zip(header, row, strict=True)), raw, settings)
 
 
 def _parquet(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:

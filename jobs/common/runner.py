@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import click
 from pyspark.sql import SparkSession
@@ -100,7 +101,7 @@ def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, c
 
     outputs = {f"table:{name}": _version_key(spark, cfg, name) for name in step.outputs}
     row = [(step.name, run_id, config_hash, inputs, outputs, json.dumps(summary, default=str),
-            dt.datetime.now(dt.timezone.utc))]
+            dt.datetime.now(dt.UTC))]
     tables.append(spark.createDataFrame(row, STATE_SCHEMA), tables.table_ref(cfg, "pipeline_runs"), run_id=run_id)
 
 

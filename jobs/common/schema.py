@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pyspark.sql import Column
 from pyspark.sql import functions as F
-from pyspark.sql.types import (BooleanType, LongType, MapType, StringType, StructField, StructType,
-                               TimestampType)
+from pyspark.sql.types import BooleanType, LongType, MapType, StringType, StructField, StructType, TimestampType
 
 ORIGINS = ("human", "synthetic", "unknown")
 PROVENANCE_METHODS = ("declared", "watermark", "detector", "date-inferred", "archive")

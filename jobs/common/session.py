@@ -47,7 +47,7 @@ def delta_jar_paths() -> list[Path]:
 def fetch_jars(quiet: bool = True) -> list[Path]:
     """Resolve the Delta JARs into the local Maven repository with mvn (no-op when present)."""
     paths = delta_jar_paths()
-    missing = [(art, p) for art, p in zip(DELTA_ARTIFACTS, paths) if not p.is_file()]
+    missing = [(art, p) for art, p in zip(DELTA_ARTIFACTS, paths, strict=True) if not p.is_file()]
     if missing and not shutil.which("mvn"):
         raise SetupError("Maven (mvn) is needed once to fetch the Delta Lake JARs; install it, or set spark.jars "
                          f"to existing copies of: {', '.join(a for (_, a, _), _ in missing)}")

@@ -6,8 +6,8 @@ MLflow run id as the commit's user metadata, so ``DESCRIBE HISTORY`` leads back 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession

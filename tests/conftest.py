@@ -1,0 +1,47 @@
+"""Shared fixtures: one SparkSession for the whole run, and a fresh lake + MLflow store per use."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "conf" / "demo.yaml"
+
+
+def lake_overrides(root: Path) -> list[str]:
+    """Overrides that keep every output of a run under ``root`` (lake, MLflow, manifests, reports)."""
+    return [f"lake.root={root / 'lake'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            f"tracking.artifact_root={root / 'mlartifacts'}", f"sample.manifest_dir={root / 'manifests'}",
+            f"report.dir={root / 'reports'}", "spark.conf.spark.sql.shuffle.partitions=4"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment():
+    # A developer's MLFLOW_TRACKING_URI must not receive test runs; demo paths are relative to the repo.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.chdir(REPO)
+    yield
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from jobs.common.config import load_config
+    from jobs.common.session import get_spark
+
+    cfg = load_config(overrides=lake_overrides(tmp_path_factory.mktemp("session")))
+    session = get_spark(cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """Config for the demo sources with everything written under this test's tmp_path."""
+    from jobs.common.config import load_config
+
+    def make(*extra: str, config_files: tuple[str, ...] = (str(DEMO_CONFIG),), root: Path | None = None):
+        return load_config(config_files, lake_overrides(root or tmp_path) + list(extra))
+
+    return make

@@ -1,0 +1,73 @@
+"""Typed config: layering, overrides, errors that name the bad key, docs in sync."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from jobs.common.config import config_docs, load_config, load_mixture
+from jobs.common.errors import ConfigError
+from tests.conftest import DEMO_CONFIG, REPO
+
+
+def test_base_demo_and_overrides_layer_in_order(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("ingest:\n  max_text_bytes: 1234\nlake:\n  root: /from/file\n")
+    cfg = load_config([str(DEMO_CONFIG), str(extra)], ["lake.root=/from/cli", "provenance.ai_cutoff_date=2020-01-01",
+                                                      "spark.conf.spark.sql.shuffle.partitions=3"])
+    assert cfg.ingest.max_text_bytes == 1234          # later file wins over demo.yaml's 200000
+    assert cfg.lake.root == "/from/cli"                # override wins over files
+    assert cfg.provenance.ai_cutoff_date == dt.date(2020, 1, 1)
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
+    assert [s.name for s in cfg.ingest.sources] == ["wikipedia", "wikihow", "llama2", "archive", "injected"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("ingest.max_txt_bytes=5", "ingest.max_txt_bytes"),
+    ("ingest.max_text_bytes=-1", "ingest.max_text_bytes"),
+    ("provenance.ai_cutoff_date=someday", "provenance.ai_cutoff_date"),
+    ("nosuchsection.x=1", "nosuchsection"),
+])
+def test_bad_keys_and_values_are_named(override, key):
+    with pytest.raises(ConfigError, match=rf"`{key}`"):
+        load_config(overrides=[override])
+
+
+def test_source_with_unknown_field_or_origin_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  sources:\n    - {name: a, path: p, format: jsonl, columns: {txt: body}}\n")
+    with pytest.raises(ConfigError, match=r"ingest\.sources\.0\.columns.*txt"):
+        load_config([str(bad)])
+    bad.write_text("ingest:\n  sources:\n    - {name: a, path: p, format: jsonl, defaults: {origin: robot}}\n")
+    with pytest.raises(ConfigError, match=r"defaults\.origin"):
+        load_config([str(bad)])
+
+
+def test_override_must_be_key_value():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["lake.root"])
+
+
+def test_missing_config_file_is_a_clear_error():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(["/no/such/file.yaml"])
+
+
+def test_section_hash_changes_only_with_its_section():
+    a = load_config()
+    b = load_config(overrides=["lake.root=/elsewhere"])
+    c = load_config(overrides=["ingest.max_text_bytes=10"])
+    assert a.section_hash("ingest") == b.section_hash("ingest") != c.section_hash("ingest")
+
+
+def test_mixture_validation_names_the_key(tmp_path):
+    assert load_mixture("conf/mixtures/demo.yaml").token_budget == 120000
+    bad = tmp_path / "m.yaml"
+    bad.write_text("name: x\ntoken_budget: 10\nweights: {a: 1}\nmax_synthetic_share: 2\n")
+    with pytest.raises(ConfigError, match="max_synthetic_share"):
+        load_mixture(str(bad))
+
+
+def test_docs_list_every_key():
+    assert (REPO / "docs" / "config.md").read_text(encoding="utf-8") == config_docs() + "\n", \
+        "docs/config.md is stale: run `cleanwell config --docs > docs/config.md`"
