@@ -48,7 +48,8 @@ def _parser(settings: ParseSettings):
     def parse(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rows: list[dict[str, Any]] = []
         for batch in batches:
-            for path, content in zip(batch.column("path").to_pylist(), batch.column("content").to_pylist(), strict=True):
+            paths, contents = batch.column("path").to_pylist(), batch.column("content").to_pylist()
+            for path, content in zip(paths, contents, strict=True):
                 for row in parse_file(path, content, settings):
                     if row.get("metadata") is not None:
                         row["metadata"] = list(row["metadata"].items())
