@@ -7,8 +7,8 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")  # noqa: F821
-dbutils.widgets.text("catalog", "main.cleanwell")  # noqa: F821
+dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")
+dbutils.widgets.text("catalog", "main.cleanwell")
 
 # COMMAND ----------
 
@@ -17,32 +17,32 @@ from pyspark.sql import functions as F
 from jobs.common import tables
 from jobs.common.config import load_config
 
-catalog = dbutils.widgets.get("catalog")  # noqa: F821
-cfg = load_config([dbutils.widgets.get("config")], [f"lake.catalog={catalog}"] if catalog else [])  # noqa: F821
+catalog = dbutils.widgets.get("catalog")
+cfg = load_config([dbutils.widgets.get("config")], [f"lake.catalog={catalog}"] if catalog else [])
 
 
 def table(name, version=None):
-    return tables.read_table(spark, tables.table_ref(cfg, name), version)  # noqa: F821
+    return tables.read_table(spark, tables.table_ref(cfg, name), version)
 
 # COMMAND ----------
 
 # Quarantined records by source and reason, with an example of each.
-display(table("quarantine").groupBy("source", "reason")  # noqa: F821
+display(table("quarantine").groupBy("source", "reason")
         .agg(F.count("*").alias("records"), F.first("detail").alias("example_detail")).orderBy("source", "reason"))
 
 # COMMAND ----------
 
 # Texts found in several sources, and texts whose sources disagree on who wrote them.
-display(table("silver").where("n_copies > 1 OR origin_conflict")  # noqa: F821
+display(table("silver").where("n_copies > 1 OR origin_conflict")
         .select("doc_id", "source", "origin", "provenance_method", "n_copies", "copy_sources", "origin_conflict"))
 
 # COMMAND ----------
 
 # Gate outcomes, failures first.
-display(table("gate_results").orderBy("success", F.col("evaluated_at").desc()))  # noqa: F821
+display(table("gate_results").orderBy("success", F.col("evaluated_at").desc()))
 
 # COMMAND ----------
 
 for name in ("bronze", "silver", "gold"):
-    display(tables.history(spark, tables.table_ref(cfg, name))  # noqa: F821
+    display(tables.history(spark, tables.table_ref(cfg, name))
             .select("version", "timestamp", "operation", "userMetadata", "operationMetrics"))

@@ -16,24 +16,24 @@
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")  # noqa: F821
-dbutils.widgets.text("catalog", "main.cleanwell")  # noqa: F821
-dbutils.widgets.text("steps", "")  # noqa: F821
-dbutils.widgets.dropdown("force", "false", ["false", "true"])  # noqa: F821
+dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")
+dbutils.widgets.text("catalog", "main.cleanwell")
+dbutils.widgets.text("steps", "")
+dbutils.widgets.dropdown("force", "false", ["false", "true"])
 
 # COMMAND ----------
 
 from jobs.common.config import load_config
 from jobs.pipeline import run_pipeline
 
-config_file = dbutils.widgets.get("config")  # noqa: F821
-catalog = dbutils.widgets.get("catalog")  # noqa: F821
+config_file = dbutils.widgets.get("config")
+catalog = dbutils.widgets.get("catalog")
 overrides = [f"lake.catalog={catalog}"] if catalog else []
-steps = [s.strip() for s in dbutils.widgets.get("steps").split(",") if s.strip()] or None  # noqa: F821
+steps = [s.strip() for s in dbutils.widgets.get("steps").split(",") if s.strip()] or None
 cfg = load_config([config_file], overrides)
-outcomes = run_pipeline(cfg, steps, force=dbutils.widgets.get("force") == "true")  # noqa: F821
+outcomes = run_pipeline(cfg, steps, force=dbutils.widgets.get("force") == "true")
 
 # COMMAND ----------
 
-display(spark.createDataFrame([(o.step, o.status, round(o.seconds, 1), str(o.summary)) for o in outcomes],  # noqa: F821
+display(spark.createDataFrame([(o.step, o.status, round(o.seconds, 1), str(o.summary)) for o in outcomes],
                               "step string, status string, seconds double, summary string"))

@@ -86,6 +86,8 @@ class TablesConfig(Model):
     gate_results: str = Field("gate_results", description="Every expectation evaluated by every gate, pass or fail.")
     pipeline_runs: str = Field("pipeline_runs", description="Successful step runs with input/output versions "
                                "(drives resume).")
+    band_index: str = Field("minhash_band_index", description="Published LSH band hashes of silver documents; "
+                            "new batches are deduplicated against it incrementally.")
 
 
 class TrackingConfig(Model):
@@ -160,6 +162,29 @@ class DedupConfig(Model):
                         "silver row, keeping the best provenance.")
 
 
+class NearDupConfig(Model):
+    """MinHash-LSH near-duplicate detection (jobs/neardup.py). Results from different settings are not
+    comparable, so every run records these in MLflow and in the silver table's properties."""
+
+    enabled: bool = Field(True, description="Run near-duplicate detection in the neardup step.")
+    shingle: Literal["word", "char"] = Field("word", description="Shingle unit: word n-grams or character n-grams.")
+    ngram: int = Field(5, ge=1, description="Shingle size (words or characters).")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations per signature.")
+    seed: int = Field(1, description="Seed of the MinHash permutations (datasketch-compatible).")
+    scheme: Literal["affine32", "affine64", "legacy"] = Field(
+        "affine32", description="datasketch permutation scheme; affine32 stores 32-bit values (half the size).")
+    threshold: float = Field(0.8, gt=0, le=1, description="Jaccard similarity at or above which two documents "
+                             "are near duplicates (verified on candidate pairs).")
+    candidate_threshold: float = Field(0.65, gt=0, le=1, description="Jaccard threshold the LSH bands/rows are "
+                                       "tuned for; below `threshold` so banding misses few true pairs.")
+    verification: Literal["exact", "signature"] = Field("exact", description="Verify candidate pairs by exact "
+                                                        "shingle Jaccard or by the MinHash estimate.")
+    max_bucket_size: int = Field(1000, ge=2, description="Band buckets larger than this link each member only "
+                                 "to the bucket's first member (protects against giant buckets).")
+    false_positive_weight: float = Field(0.5, ge=0, le=1, description="Weight of false positives when choosing "
+                                         "bands and rows (false negatives get 1 minus this).")
+
+
 class QualityConfig(Model):
     """Quality signals have no settings yet; thresholds on them live in the mixture config."""
 
@@ -223,6 +248,7 @@ class Config(Model):
     provenance: ProvenanceConfig = ProvenanceConfig()
     ingest: IngestConfig = IngestConfig()
     dedup: DedupConfig = DedupConfig()
+    neardup: NearDupConfig = NearDupConfig()
     quality: QualityConfig = QualityConfig()
     sample: SampleConfig = SampleConfig()
     gates: GatesConfig = GatesConfig()
