@@ -1,6 +1,8 @@
 """The whole pipeline: every step in order, each skipped when up to date, under one MLflow run."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from jobs import dedup, ingest, quality, report, sample
@@ -30,6 +32,20 @@ def run_pipeline(cfg: Config, steps: list[str] | None = None, force: bool = Fals
     return outcomes
 
 
+def echo_locations(cfg: Config) -> None:
+    """Where a user finds the results, whether the steps ran now or earlier."""
+    from pathlib import Path
+
+    from jobs.common.config import load_mixture
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    click.echo(f"  gold table:  {tables.table_ref(cfg, 'gold')}")
+    manifest = Path(cfg.sample.manifest_dir) / load_mixture(cfg.sample.mixture).name / "latest.json"
+    click.echo(f"  manifest:    {manifest}")
+    click.echo(f"  report:      {Path(cfg.report.dir) / 'latest.html'}")
+    click.echo(f"  MLflow:      mlflow ui --backend-store-uri {uri}")
+
+
 @click.command(name="run", help="Run the pipeline (ingest, dedup, quality, sample, report). Steps whose inputs "
                                 "and config are unchanged since their last successful run are skipped.")
 @config_options
@@ -43,10 +59,7 @@ def command(config_files: tuple[str, ...], overrides: tuple[str, ...], steps: st
         ran = sum(o.status == "ran" for o in outcomes)
         click.echo(f"pipeline finished: {ran} step(s) ran, {len(outcomes) - ran} up to date, "
                    f"{sum(o.seconds for o in outcomes):.1f} s")
-        for outcome in outcomes:
-            for key in ("manifest", "report"):
-                if key in outcome.summary:
-                    click.echo(f"  {key}: {outcome.summary[key]}")
+        echo_locations(cfg)
 
     run_guarded(action)
 
