@@ -1,19 +1,17 @@
 """The whole pipeline: every step in order, each skipped when up to date, under one MLflow run."""
 from __future__ import annotations
 
-import os
-
 import click
 
-from jobs import dedup, ingest, quality, report, sample
+from jobs import dedup, embed, ingest, quality, report, sample
 from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
 from jobs.common.runner import StepOutcome, config_options, execute, run_guarded
 from jobs.common.session import get_spark
-from jobs.common.tracking import pipeline_run
+from jobs.common.tracking import pipeline_run, tracking_uri
 
-STEPS = [ingest.STEP, dedup.STEP, quality.STEP, sample.STEP, report.STEP]
+STEPS = [ingest.STEP, dedup.STEP, quality.STEP, embed.STEP, sample.STEP, report.STEP]
 STEP_NAMES = [s.name for s in STEPS]
 
 
@@ -38,7 +36,7 @@ def echo_locations(cfg: Config) -> None:
 
     from jobs.common.config import load_mixture
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri
+    uri = tracking_uri(cfg)
     click.echo(f"  gold table:  {tables.table_ref(cfg, 'gold')}")
     manifest = Path(cfg.sample.manifest_dir) / load_mixture(cfg.sample.mixture).name / "latest.json"
     click.echo(f"  manifest:    {manifest}")

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Before any cleanwell module is imported: a developer's MLFLOW_TRACKING_URI must not receive test runs.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "conf" / "demo.yaml"
 
@@ -19,9 +22,7 @@ def lake_overrides(root: Path) -> list[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment():
-    # A developer's MLFLOW_TRACKING_URI must not receive test runs; demo paths are relative to the repo.
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.chdir(REPO)
+    os.chdir(REPO)  # demo paths are relative to the repository root
     yield
 
 
@@ -45,3 +46,34 @@ def make_config(tmp_path):
         return load_config(config_files, lake_overrides(root or tmp_path) + list(extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo(spark, tmp_path_factory):
+    """The demo pipeline run once for the whole session: (config, root folder, {step: outcome}).
+    Tests must not change this lake; a test that writes uses ``fork_demo``."""
+    from jobs.common.config import load_config
+    from jobs.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("demo")
+    cfg = load_config([str(DEMO_CONFIG)], lake_overrides(root))
+    outcomes = run_pipeline(cfg)
+    return cfg, root, {o.step: o for o in outcomes}
+
+
+@pytest.fixture
+def fork_demo(demo, tmp_path):
+    """A private copy of the demo lake (tables, MLflow store, manifests) for a test that writes."""
+    import shutil
+
+    from jobs.common.config import load_config
+
+    _, root, _ = demo
+
+    def fork(*extra: str):
+        copy = tmp_path / "fork"
+        if not copy.exists():
+            shutil.copytree(root, copy)
+        return load_config([str(DEMO_CONFIG)], lake_overrides(copy) + list(extra)), copy
+
+    return fork

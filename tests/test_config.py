@@ -58,6 +58,9 @@ def test_section_hash_changes_only_with_its_section():
     b = load_config(overrides=["lake.root=/elsewhere"])
     c = load_config(overrides=["ingest.max_text_bytes=10"])
     assert a.section_hash("ingest") == b.section_hash("ingest") != c.section_hash("ingest")
+    # Where outputs go is not what they contain: moving the manifest folder does not make sample stale.
+    moved = load_config(overrides=["sample.manifest_dir=/elsewhere"])
+    assert moved.section_hash("sample") == a.section_hash("sample")
 
 
 def test_mixture_validation_names_the_key(tmp_path):

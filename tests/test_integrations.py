@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from jobs.common import tables
-from jobs.common.config import load_config
 from jobs.common.session import DELTA_ARTIFACTS, delta_jar_paths
 from jobs.pipeline import STEP_NAMES
-from tests.conftest import DEMO_CONFIG, REPO, lake_overrides
+from tests.conftest import REPO, lake_overrides
 
 
 def test_dag_runs_the_pipeline_steps_in_order():
@@ -53,22 +53,20 @@ class FakeDbutils:
 
 
 @pytest.mark.spark
-def test_notebook_runs_the_jobs_on_the_active_session(spark, tmp_path):
-    """Execute the notebook's cells as Databricks would (dbutils and display provided by the platform)."""
+def test_notebook_runs_the_jobs_on_the_active_session(spark, fork_demo, tmp_path):
+    """Execute the notebook's cells as Databricks would (dbutils, display and spark from the platform)."""
     source = (REPO / "notebooks" / "run_pipeline.py").read_text()
     assert source.startswith("# Databricks notebook source")
+    cfg, _ = fork_demo()
     config = tmp_path / "nb.yaml"
-    config.write_text(DEMO_CONFIG.read_text() + "\n" + "\n".join(
-        [f"{k.split('.')[0]}: {{{k.split('.', 1)[1].split('=')[0]}: '{k.split('=', 1)[1]}'}}"
-         for k in lake_overrides(tmp_path) if not k.startswith("spark.")]))
+    tree = cfg.model_dump(mode="json")
+    config.write_text(yaml.safe_dump({k: tree[k] for k in ("lake", "tracking", "ingest", "sample", "report")}))
     shown = []
-    namespace = {"dbutils": FakeDbutils({"config": str(config), "catalog": "", "steps": "ingest,dedup"}),
-                 "display": shown.append, "spark": spark}
-    exec(compile(source, "run_pipeline.py", "exec"), namespace)
-    statuses = [r["status"] for r in shown[0].collect()]
-    assert statuses == ["ran", "ran"]
-    cfg = load_config([str(config)])
-    assert tables.read_table(spark, tables.table_ref(cfg, "silver")).count() > 400
+    widgets = {"config": str(config), "catalog": "", "steps": "dedup,report", "force": "true"}
+    exec(compile(source, "run_pipeline.py", "exec"),
+         {"dbutils": FakeDbutils(widgets), "display": shown.append, "spark": spark})
+    assert [(r["step"], r["status"]) for r in shown[0].collect()] == [("dedup", "ran"), ("report", "ran")]
+    assert tables.current_version(spark, tables.table_ref(cfg, "silver")) > 0
 
 
 def test_notebooks_call_jobs_instead_of_copying_them():

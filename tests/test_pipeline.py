@@ -15,11 +15,10 @@ from pyspark.sql import functions as F
 
 from jobs import ingest, sample
 from jobs.common import tables
-from jobs.common.config import load_config
 from jobs.common.errors import GateFailed
 from jobs.common.runner import execute
 from jobs.pipeline import STEP_NAMES, run_pipeline
-from tests.conftest import DEMO_CONFIG, REPO, lake_overrides
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.spark
 SOURCES = REPO / "data" / "demo" / "sources"
@@ -41,14 +40,6 @@ def count_input_records() -> int:
         except Exception:
             parquet += 1
     return jsonl + csv_rows + parquet + len(list(SOURCES.rglob("*.txt")))
-
-
-@pytest.fixture(scope="module")
-def demo(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    cfg = load_config([str(DEMO_CONFIG)], lake_overrides(root))
-    outcomes = run_pipeline(cfg)
-    return cfg, root, {o.step: o for o in outcomes}
 
 
 def read(spark, cfg, name, version=None):
@@ -106,8 +97,8 @@ def test_exact_duplicates_keep_best_provenance(spark, demo):
     assert dated and all(r["origin"] == "human" and r["provenance_method"] == "date-inferred" for r in dated)
 
 
-def test_rerunning_ingest_adds_no_rows_and_no_version(spark, demo):
-    cfg, _, _ = demo
+def test_rerunning_ingest_adds_no_rows_and_no_version(spark, fork_demo):
+    cfg, _ = fork_demo()
     bronze_ref = tables.table_ref(cfg, "bronze")
     before = (tables.current_version(spark, bronze_ref), read(spark, cfg, "bronze").count(),
               read(spark, cfg, "quarantine").count())
@@ -120,15 +111,14 @@ def test_rerunning_ingest_adds_no_rows_and_no_version(spark, demo):
     assert read(spark, cfg, "bronze", version=0).count() == before[1]  # time travel to the first commit
 
 
-def test_rerun_skips_up_to_date_steps_and_a_mixture_change_reruns_only_sample(spark, demo, tmp_path):
-    cfg, root, _ = demo
+def test_rerun_skips_up_to_date_steps_and_a_mixture_change_reruns_only_sample(spark, fork_demo, tmp_path):
+    cfg, _ = fork_demo()
     assert {o.step: o.status for o in run_pipeline(cfg)} == dict.fromkeys(STEP_NAMES, "up-to-date")
     mixture = tmp_path / "mix.yaml"
     mixture.write_text((REPO / "conf/mixtures/demo.yaml").read_text().replace("seed: 17", "seed: 18"))
-    changed = load_config([str(DEMO_CONFIG)], lake_overrides(root) + [f"sample.mixture={mixture}"])
+    changed, _ = fork_demo(f"sample.mixture={mixture}")
     statuses = {o.step: o.status for o in run_pipeline(changed)}
-    assert statuses == {"ingest": "up-to-date", "dedup": "up-to-date", "quality": "up-to-date",
-                        "sample": "ran", "report": "ran"}
+    assert statuses == {**dict.fromkeys(STEP_NAMES, "up-to-date"), "sample": "ran", "report": "ran"}
 
 
 def test_manifest_names_the_versions_it_read(spark, demo):
@@ -146,12 +136,12 @@ def test_manifest_names_the_versions_it_read(spark, demo):
     assert json.loads(row["manifest"])["inputs"] == manifest["inputs"]
 
 
-def test_failing_gate_publishes_nothing(spark, demo, tmp_path):
-    cfg, root, _ = demo
+def test_failing_gate_publishes_nothing(spark, fork_demo, tmp_path):
     suites = tmp_path / "suites"
     shutil.copytree(REPO / "conf" / "expectations", suites)
     (suites / "gold.yaml").write_text("- expect_table_row_count_to_be_between: {min_value: 1000000}\n")
-    strict = load_config([str(DEMO_CONFIG)], lake_overrides(root) + [f"gates.suites_dir={suites}"])
+    strict, _ = fork_demo(f"gates.suites_dir={suites}")
+    cfg = strict
     gold_ref = tables.table_ref(cfg, "gold")
     version = tables.current_version(spark, gold_ref)
     with pytest.raises(GateFailed, match="expect_table_row_count_to_be_between"):

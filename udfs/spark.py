@@ -1,22 +1,48 @@
 """Thin pandas-UDF wrappers that put the pure functions of udfs/ on Spark columns.
 
 Each wrapper only converts between Arrow batches and the pure function's pandas/numpy types; the
-logic and its tests live in the pure modules.
+logic and its tests live in the pure modules. Types are built as objects, not DDL strings: parsing
+DDL needs a live SparkContext at import time.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 import pandas as pd
 from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
-from pyspark.sql.types import DoubleType, LongType, StructField, StructType
+from pyspark.sql.types import (
+    ArrayType,
+    BooleanType,
+    DataType,
+    DoubleType,
+    FloatType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+)
 
+from udfs.heuristics import SIGNAL_COLUMNS, quality_signals
+from udfs.langid import detect_language
 from udfs.quality import basic_signals
 
-# Types as objects, not DDL strings: parsing DDL needs a live SparkContext at import time.
 BASIC_SIGNALS_TYPE = StructType([
     StructField("n_chars", LongType()), StructField("n_words", LongType()),
     StructField("alpha_ratio", DoubleType()), StructField("duplicate_line_fraction", DoubleType()),
 ])
+LANGUAGE_TYPE = StructType([StructField("detected_language", StringType()),
+                            StructField("language_confidence", DoubleType())])
+
+
+def _heuristic_type(name: str) -> DataType:
+    if name in ("gopher_word_count", "gopher_stop_word_count", "c4_kept_sentence_count"):
+        return LongType()
+    return BooleanType() if name.startswith("c4_has_") else DoubleType()
+
+
+HEURISTICS_TYPE = StructType([StructField(name, _heuristic_type(name)) for name in SIGNAL_COLUMNS])
 
 
 @pandas_udf(BASIC_SIGNALS_TYPE)
@@ -24,6 +50,44 @@ def _basic_signals_udf(texts: pd.Series) -> pd.DataFrame:
     return basic_signals(texts)
 
 
+@pandas_udf(HEURISTICS_TYPE)
+def _heuristics_udf(texts: pd.Series) -> pd.DataFrame:
+    return quality_signals(texts)
+
+
 def basic_signals_column(text: Column) -> Column:
     """Struct column of the basic quality signals of ``text``."""
     return _basic_signals_udf(text)
+
+
+def heuristics_column(text: Column) -> Column:
+    """Struct column of the Gopher, C4 and FineWeb signals of ``text`` (udfs/heuristics.py)."""
+    return _heuristics_udf(text)
+
+
+def language_column(text: Column, max_chars: int) -> Column:
+    """Struct (detected_language, language_confidence) of ``text``."""
+
+    @pandas_udf(LANGUAGE_TYPE)
+    def detect(texts: pd.Series) -> pd.DataFrame:
+        codes, confidences = detect_language(texts.tolist(), max_chars=max_chars)
+        return pd.DataFrame({"detected_language": codes, "language_confidence": confidences})
+
+    return detect(text)
+
+
+def embedding_column(text: Column, model_bytes: bytes | None = None, model_path: str | None = None) -> Column:
+    """array<float> embedding of ``text``: a fitted hashed-TF-IDF model (shipped as bytes), or a local
+    sentence-transformers model folder (``model_path``, present on every executor)."""
+
+    @pandas_udf(ArrayType(FloatType()))
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        from udfs.embeddings import EmbeddingModel, SentenceTransformerEmbedder
+
+        # Loaded once per task, not per batch.
+        model = EmbeddingModel.from_bytes(model_bytes) if model_bytes else SentenceTransformerEmbedder(model_path)
+        for texts in batches:
+            vectors = model.transform(texts.tolist())
+            yield pd.Series(list(vectors.astype(np.float32)))
+
+    return embed(text)

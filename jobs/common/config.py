@@ -49,6 +49,11 @@ def resolve_conf_path(path: str) -> Path:
     return bundled if bundled.exists() else p
 
 
+# Marks a key that says where an output goes, not what it contains: it is left out of the config hash
+# that decides whether a step is up to date.
+OUTPUT_LOCATION = {"output_location": True}
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -86,6 +91,7 @@ class TablesConfig(Model):
     gate_results: str = Field("gate_results", description="Every expectation evaluated by every gate, pass or fail.")
     pipeline_runs: str = Field("pipeline_runs", description="Successful step runs with input/output versions "
                                "(drives resume).")
+    clusters: str = Field("silver_clusters", description="One row per embedding cluster: size and centroid.")
     band_index: str = Field("minhash_band_index", description="Published LSH band hashes of silver documents; "
                             "new batches are deduplicated against it incrementally.")
 
@@ -186,12 +192,47 @@ class NearDupConfig(Model):
 
 
 class QualityConfig(Model):
-    """Quality signals have no settings yet; thresholds on them live in the mixture config."""
+    """Quality signals (scores only; thresholds on them live in the mixture config)."""
+
+    heuristics: bool = Field(True, description="Compute the Gopher, C4 and FineWeb signal columns "
+                             "(docs/quality.md lists them).")
+    language_id: bool = Field(True, description="Detect each document's language (`detected_language`, "
+                              "`language_confidence`) with py3langid's bundled model.")
+    language_max_chars: int = Field(2000, ge=1, description="Characters of each document language id reads.")
+
+
+class EmbeddingsConfig(Model):
+    """Document embeddings (jobs/embed.py)."""
+
+    backend: Literal["hashed-tfidf", "sentence-transformers"] = Field(
+        "hashed-tfidf", description="hashed-tfidf needs no weights (word n-gram TF-IDF, hashed, randomly "
+        "projected); sentence-transformers needs the `embeddings` extra and `model_path`.")
+    dim: int = Field(256, ge=8, description="Embedding dimension (hashed-tfidf).")
+    n_features: int = Field(2**18, ge=1024, description="Hashed TF-IDF feature space size.")
+    ngram_max: int = Field(2, ge=1, le=3, description="Longest word n-gram of the TF-IDF features.")
+    seed: int = Field(0, description="Seed of the random projection.")
+    fit_sample: int = Field(20000, ge=10, description="Documents sampled (deterministically) to fit the IDF "
+                            "weights; human and pre-AI documents are preferred.")
+    model_path: str | None = Field(None, description="Local folder of a sentence-transformers model (never "
+                                   "downloaded).")
+
+
+class ClustersConfig(Model):
+    """KMeans clusters, semantic dedup (SemDeDup) and diversity metrics (jobs/embed.py)."""
+
+    k: int = Field(8, ge=2, description="Number of KMeans clusters (Spark ML).")
+    max_iter: int = Field(30, ge=1, description="KMeans iterations.")
+    seed: int = Field(7, description="KMeans seed.")
+    semdedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity at or above which two "
+                                      "documents of a cluster are semantic duplicates (SemDeDup).")
+    vendi_sample: int = Field(2000, ge=10, description="Documents sampled for the Vendi-score estimate.")
+    distinct_n_sample: int = Field(5000, ge=10, description="Documents sampled for distinct-n.")
 
 
 class SampleConfig(Model):
     mixture: str = Field("conf/mixtures/demo.yaml", description="Mixture config file (see docs/mixtures.md).")
-    manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.")
+    manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.",
+                              json_schema_extra=OUTPUT_LOCATION)
 
 
 class MixtureFilters(Model):
@@ -237,7 +278,7 @@ class GatesConfig(Model):
 
 
 class ReportConfig(Model):
-    dir: str = Field("./reports", description="Folder for the HTML run reports.")
+    dir: str = Field("./reports", description="Folder for the HTML run reports.", json_schema_extra=OUTPUT_LOCATION)
 
 
 class Config(Model):
@@ -249,6 +290,8 @@ class Config(Model):
     ingest: IngestConfig = IngestConfig()
     dedup: DedupConfig = DedupConfig()
     neardup: NearDupConfig = NearDupConfig()
+    embeddings: EmbeddingsConfig = EmbeddingsConfig()
+    clusters: ClustersConfig = ClustersConfig()
     quality: QualityConfig = QualityConfig()
     sample: SampleConfig = SampleConfig()
     gates: GatesConfig = GatesConfig()
@@ -256,11 +299,21 @@ class Config(Model):
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections; a step reruns when the hash of its sections changes."""
-        payload = {name: self._section(name).model_dump(mode="json") for name in sorted(sections)}
+        payload = {name: _without_locations(self._section(name)) for name in sorted(sections)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def _section(self, name: str) -> BaseModel:
         return getattr(self, name)
+
+
+def _without_locations(model: BaseModel) -> dict[str, Any]:
+    dumped = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        if (field.json_schema_extra or {}).get("output_location"):
+            dumped.pop(name)
+        elif isinstance(getattr(model, name), BaseModel):
+            dumped[name] = _without_locations(getattr(model, name))
+    return dumped
 
 
 def _deep_merge(base: dict, extra: dict) -> dict:

@@ -138,13 +138,15 @@ def check(cfg: Config, df: DataFrame, suite: str, log: RunLog, target: str) -> G
     return result
 
 
-def publish(cfg: Config, df: DataFrame, target: str, suite: str, log: RunLog,
+def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log: RunLog,
             write: Callable[[DataFrame, tables.TableRef], Any]) -> Any:
-    """Gate, then write: ``df`` is materialised once so the rows validated are the rows written."""
+    """Gate (every suite named), then write: ``df`` is materialised once so the rows validated are the
+    rows written."""
     ref = tables.table_ref(cfg, target)
     staged = df.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        check(cfg, staged, suite, log, str(ref))
+        for name in [suite] if isinstance(suite, str) else suite:
+            check(cfg, staged, name, log, str(ref))
         return write(staged, ref)
     finally:
         staged.unpersist()

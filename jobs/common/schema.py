@@ -64,3 +64,10 @@ def provenance_priority(extra: list[Column] | None = None) -> list[Column]:
     return ([F.coalesce(F.col("pre_ai_archive"), F.lit(False)).desc(), origin_rank(F.col("origin")).asc()]
             + (extra or [])
             + [F.col("created_at").asc_nulls_last(), F.col("doc_id").asc(), F.col("source").asc()])
+
+
+def survivor_order() -> list[Column]:
+    """Which member of a duplicate group is kept (near-duplicate and semantic dedup alike):
+    provenance first, then quality (more alphabetic text, fewer repeated lines), then date, doc_id."""
+    return provenance_priority(extra=[F.col("alpha_ratio").desc_nulls_last(),
+                                      F.col("duplicate_line_fraction").asc_nulls_last()])

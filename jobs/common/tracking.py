@@ -27,12 +27,21 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", module="mlflow")
 
 
+# Read once, at import: mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ itself,
+# so reading the variable later would return whatever store the previous run used.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def tracking_uri(cfg: Config) -> str:
+    return _USER_TRACKING_URI or cfg.tracking.uri
+
+
 def configure(cfg: Config):
     """Point MLflow at the configured store and experiment; returns the mlflow module."""
     import mlflow
 
     _quiet_mlflow()
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.uri)
+    mlflow.set_tracking_uri(tracking_uri(cfg))
     if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
         root = cfg.tracking.artifact_root
         location = Path(root).resolve().as_uri() if "://" not in root else root
@@ -85,6 +94,16 @@ class RunLog:
         import mlflow
 
         mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
+
+    def artifact_bytes(self, data: bytes, name: str) -> None:
+        """A binary artifact (e.g. a fitted model) under ``name`` (folder/file)."""
+        import tempfile
+
+        folder, _, filename = name.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            path.write_bytes(data)
+            self.artifact_file(path, folder or None)
 
     def artifact_file(self, path: str | Path, folder: str | None = None) -> None:
         import mlflow

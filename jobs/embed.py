@@ -1,0 +1,146 @@
+"""Embed: document embeddings, KMeans clusters, semantic dedup (SemDeDup) and diversity metrics.
+
+Adds to silver: ``embedding`` (array<float>), ``cluster_id`` and ``semantic_duplicate_of`` (the
+kept document of a group whose pairwise cosine is at or above ``clusters.semdedup_threshold``
+within a cluster; Abbas et al., 2023). Writes one row per cluster (size, centroid) to the clusters
+table, and logs diversity metrics of the silver version to MLflow: normalised cluster entropy,
+distinct-n, share of the top source and a Vendi-score estimate.
+
+Documents already marked as near duplicates (``duplicate_of``) are embedded and clustered but take
+no part in semantic dedup: they are out of the mixture either way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.ml.clustering import KMeans
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from jobs.common import gates, tables
+from jobs.common.config import Config
+from jobs.common.errors import ConfigError
+from jobs.common.runner import Step, job_main
+from jobs.common.schema import origin_rank, survivor_order
+from jobs.common.tracking import RunLog
+from udfs.diversity import cluster_entropy, distinct_n, top_source_share, vendi_score
+from udfs.embeddings import EmbeddingModel
+from udfs.semdedup import semantic_duplicate_of
+from udfs.spark import embedding_column
+
+PRODUCED = ("embedding", "cluster_id", "semantic_duplicate_of")
+
+
+def fit_embedding_model(silver: DataFrame, cfg: Config) -> bytes | None:
+    """IDF weights fitted on a deterministic sample that prefers pre-AI and human documents (the
+    reference distribution); None for the sentence-transformers backend, which needs no fitting."""
+    e = cfg.embeddings
+    if e.backend == "sentence-transformers":
+        if not e.model_path:
+            raise ConfigError("embeddings.backend sentence-transformers needs embeddings.model_path (a local folder)")
+        return None
+    sample = (silver.orderBy(F.coalesce("pre_ai_archive", F.lit(False)).desc(), origin_rank(F.col("origin")),
+                             F.xxhash64("doc_id"), "doc_id")
+              .limit(e.fit_sample).select("text").toPandas()["text"].tolist())
+    model = EmbeddingModel(dim=e.dim, n_features=e.n_features, ngram_range=(1, e.ngram_max), seed=e.seed)
+    return model.fit(sample).to_bytes()
+
+
+def add_clusters(embedded: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
+    """(documents with cluster_id, one row per cluster with size and centroid)."""
+    vectors = embedded.withColumn("_vector", array_to_vector("embedding"))
+    model = KMeans(k=cfg.clusters.k, maxIter=cfg.clusters.max_iter, seed=cfg.clusters.seed,
+                   featuresCol="_vector", predictionCol="cluster_id").fit(vectors)
+    clustered = model.transform(vectors).drop("_vector").withColumn("cluster_id", F.col("cluster_id").cast("int"))
+    centroids = [(i, [float(x) for x in c]) for i, c in enumerate(model.clusterCenters())]
+    sizes = clustered.groupBy("cluster_id").count()
+    spark = embedded.sparkSession
+    summary = (spark.createDataFrame(centroids, "cluster_id int, centroid array<double>")
+               .join(sizes, "cluster_id", "left").fillna(0, ["count"]).withColumnRenamed("count", "size"))
+    return clustered, summary
+
+
+def add_semantic_duplicates(clustered: DataFrame, threshold: float) -> DataFrame:
+    """``semantic_duplicate_of`` per document, SemDeDup within each cluster, keeping the document
+    that near-duplicate removal would keep (provenance, then quality, then date, then doc_id)."""
+    candidates = clustered.where(F.col("duplicate_of").isNull()) if "duplicate_of" in clustered.columns \
+        else clustered
+    ranked = candidates.withColumn("_priority", F.row_number().over(
+        Window.partitionBy("cluster_id").orderBy(*survivor_order())))
+
+    def per_cluster(frame: pd.DataFrame) -> pd.DataFrame:
+        vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+        kept_as = semantic_duplicate_of(vectors, frame["doc_id"].tolist(), frame["_priority"].to_numpy(), threshold)
+        return pd.DataFrame({"doc_id": frame["doc_id"], "semantic_duplicate_of": kept_as})
+
+    marks = (ranked.select("cluster_id", "doc_id", "embedding", "_priority").groupBy("cluster_id")
+             .applyInPandas(per_cluster, "doc_id string, semantic_duplicate_of string"))
+    return clustered.join(marks, "doc_id", "left")
+
+
+def diversity_metrics(silver: DataFrame, cfg: Config) -> dict[str, float]:
+    """Diversity of the documents a mixture may use (not marked as duplicates)."""
+    kept = silver.where(F.col("semantic_duplicate_of").isNull())
+    if "duplicate_of" in silver.columns:
+        kept = kept.where(F.col("duplicate_of").isNull())
+    columns = kept.select("cluster_id", "source").toPandas()
+    ordered = kept.orderBy(F.xxhash64("doc_id"), "doc_id")
+    texts = ordered.select("text").limit(cfg.clusters.distinct_n_sample).toPandas()["text"].tolist()
+    vectors = ordered.select("embedding").limit(cfg.clusters.vendi_sample).toPandas()["embedding"]
+    metrics = {"cluster_entropy": cluster_entropy(columns["cluster_id"], n_clusters=cfg.clusters.k),
+               "top_source_share": top_source_share(columns["source"]),
+               "vendi_score": vendi_score(np.stack(vectors.to_numpy()), sample_size=None) if len(vectors) else 0.0}
+    metrics.update({f"distinct_{n}": value for n, value in distinct_n(texts).items()})
+    return metrics
+
+
+def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
+    ref = tables.table_ref(cfg, "silver")
+    silver = tables.read_table(spark, ref)
+    silver = silver.drop(*[c for c in PRODUCED if c in silver.columns])
+    model_bytes = fit_embedding_model(silver, cfg)
+    if model_bytes:
+        log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
+    embedded = silver.withColumn("embedding", embedding_column(F.col("text"), model_bytes,
+                                                                cfg.embeddings.model_path)).cache()
+    try:
+        clustered, clusters = add_clusters(embedded, cfg)
+        marked = add_semantic_duplicates(clustered, cfg.clusters.semdedup_threshold)
+        gates.publish(cfg, marked, "silver", "silver_embed", log,
+                      lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
+        clusters = clusters.withColumn("silver_version", F.lit(tables.current_version(spark, ref)))
+        gates.publish(cfg, clusters, "clusters", "clusters", log,
+                      lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
+    finally:
+        embedded.unpersist()
+
+    published = tables.read_table(spark, ref)
+    semantic = published.where(F.col("semantic_duplicate_of").isNotNull()).count()
+    metrics = diversity_metrics(published, cfg)
+    for name, value in metrics.items():
+        log.metric(f"diversity.{name}", value)
+    log.counts("removed", {"semantic_duplicate": semantic})
+    sizes = sorted((r["size"] for r in tables.read_table(spark, tables.table_ref(cfg, "clusters")).collect()),
+                   reverse=True)
+    return {"clusters": len(sizes), "largest_cluster": sizes[0] if sizes else 0,
+            "removed": {"semantic_duplicate": semantic},
+            "diversity": {k: round(v, 3) for k, v in metrics.items()}}
+
+
+STEP = Step(
+    name="embed", run=run, inputs=("silver",), outputs=("silver", "clusters"),
+    config_sections=("embeddings", "clusters"),
+    help="Add embeddings, KMeans cluster ids and SemDeDup semantic-duplicate marks to silver; write cluster "
+         "sizes and centroids; log diversity metrics (cluster entropy, distinct-n, top-source share, Vendi).",
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    job_main(STEP, argv)
+
+
+if __name__ == "__main__":
+    main()
