@@ -19,7 +19,7 @@ try:  # Airflow 3 moved BashOperator to the standard provider
 except ImportError:  # Airflow 2
     from airflow.operators.bash import BashOperator
 
-STEPS = ["ingest", "dedup", "quality", "embed", "sample", "report"]
+STEPS = ["ingest", "dedup", "quality", "neardup", "tokenize", "detect", "embed", "sample", "report"]
 COMMAND = ("{{ var.value.get('cleanwell_command', 'cleanwell') }} %s "
            "--config {{ var.value.get('cleanwell_config', 'conf/base.yaml') }}")
 

@@ -24,8 +24,9 @@ from jobs.common import gates, tables
 from jobs.common.config import Config
 from jobs.common.errors import ConfigError
 from jobs.common.runner import Step, job_main
-from jobs.common.schema import origin_rank, survivor_order
+from jobs.common.schema import survivor_order
 from jobs.common.tracking import RunLog
+from jobs.tokenizer import reference_sample
 from udfs.diversity import cluster_entropy, distinct_n, top_source_share, vendi_score
 from udfs.embeddings import EmbeddingModel
 from udfs.semdedup import semantic_duplicate_of
@@ -42,9 +43,7 @@ def fit_embedding_model(silver: DataFrame, cfg: Config) -> bytes | None:
         if not e.model_path:
             raise ConfigError("embeddings.backend sentence-transformers needs embeddings.model_path (a local folder)")
         return None
-    sample = (silver.orderBy(F.coalesce("pre_ai_archive", F.lit(False)).desc(), origin_rank(F.col("origin")),
-                             F.xxhash64("doc_id"), "doc_id")
-              .limit(e.fit_sample).select("text").toPandas()["text"].tolist())
+    sample = reference_sample(silver, e.fit_sample)
     model = EmbeddingModel(dim=e.dim, n_features=e.n_features, ngram_range=(1, e.ngram_max), seed=e.seed)
     return model.fit(sample).to_bytes()
 

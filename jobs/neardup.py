@@ -62,6 +62,8 @@ INDEX_FORMAT = 1
 # udfs.minhash measured its batch path fastest (arrays stay in cache).
 _VERIFY_CHARS_PER_CHUNK = 1 << 18
 _PAIRS_PER_BATCH = 1 << 16
+# Candidate documents whose ids are broadcast (~50 bytes each) to filter the texts for verification.
+_BROADCAST_IDS = 4_000_000
 # Bucket rows per partition of the candidate stage (each partition is sorted in memory, ~100 bytes a row).
 _BUCKET_ROWS_PER_PARTITION = 4_000_000
 
@@ -129,21 +131,16 @@ def band_hash_batches(batches: Iterable[pa.RecordBatch], settings: LshSettings) 
         yield pa.RecordBatch.from_arrays([batch.column("doc_id"), lists], names=["doc_id", "band_hashes"])
 
 
-def _distinct_per_row(hashes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(row, hash)`` of each distinct hash of each row, sorted by row then hash."""
-    rows = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((hashes, rows))
-    rows, hashes = rows[order], hashes[order]
-    first = np.r_[True, (rows[1:] != rows[:-1]) | (hashes[1:] != hashes[:-1])]
-    return rows[first], hashes[first]
-
-
 def exact_jaccard_of_text_pairs(texts_a: Sequence[str], texts_b: Sequence[str], ngram: int = 5,
                                 shingle: str = "word") -> np.ndarray:
     """Exact Jaccard of the shingle sets of ``texts_a[i]`` and ``texts_b[i]`` (0.0 when both have none),
     over the 64-bit shingle hashes of :func:`udfs.minhash.shingle_hashes`: equal to
     :func:`udfs.minhash.exact_jaccard` of the byte shingles unless two distinct shingles of a pair share
-    a 64-bit hash. Set sizes and intersections come from one sort of all pairs' (pair, hash) values."""
+    a 64-bit hash.
+
+    Both sides' hashes are sorted by (pair, hash) at once; each run of equal (pair, hash) is one distinct
+    shingle, in A, in B or in both. The sort is a fast unstable sort by hash followed by a stable radix
+    sort by the 16-bit pair number (chunks hold a few hundred pairs): 2x faster than ``np.lexsort``."""
     n_pairs = len(texts_a)
     similarities = np.zeros(n_pairs, dtype=np.float64)
     if n_pairs == 0:
@@ -152,14 +149,23 @@ def exact_jaccard_of_text_pairs(texts_a: Sequence[str], texts_b: Sequence[str], 
     starts = np.r_[0, np.flatnonzero(np.diff(chars // _VERIFY_CHARS_PER_CHUNK)) + 1]
     for start, end in zip(starts.tolist(), np.r_[starts[1:], n_pairs].tolist(), strict=True):
         size = end - start
-        pair_a, hash_a = _distinct_per_row(*shingle_hashes(texts_a[start:end], ngram, shingle))
-        pair_b, hash_b = _distinct_per_row(*shingle_hashes(texts_b[start:end], ngram, shingle))
-        pairs, hashes = np.concatenate([pair_a, pair_b]), np.concatenate([hash_a, hash_b])
-        order = np.lexsort((hashes, pairs))
-        pairs, hashes = pairs[order], hashes[order]
-        shared = (pairs[1:] == pairs[:-1]) & (hashes[1:] == hashes[:-1])
-        intersection = np.bincount(pairs[1:][shared], minlength=size)
-        union = np.bincount(pair_a, minlength=size) + np.bincount(pair_b, minlength=size) - intersection
+        hashes_a, counts_a = shingle_hashes(texts_a[start:end], ngram, shingle)
+        hashes_b, counts_b = shingle_hashes(texts_b[start:end], ngram, shingle)
+        if len(hashes_a) + len(hashes_b) == 0:
+            continue
+        pair_numbers = np.arange(size, dtype=np.uint16 if size <= 1 << 16 else np.int64)
+        pairs = np.concatenate([np.repeat(pair_numbers, counts_a), np.repeat(pair_numbers, counts_b)])
+        hashes = np.concatenate([hashes_a, hashes_b])
+        in_b = np.r_[np.zeros(len(hashes_a), dtype=bool), np.ones(len(hashes_b), dtype=bool)]
+        order = np.argsort(hashes)
+        order = order[np.argsort(pairs[order], kind="stable")]
+        pairs, hashes, in_b = pairs[order], hashes[order], in_b[order]
+        runs = np.flatnonzero(np.r_[True, (pairs[1:] != pairs[:-1]) | (hashes[1:] != hashes[:-1])])
+        run_in_a, run_in_b = ~np.logical_and.reduceat(in_b, runs), np.logical_or.reduceat(in_b, runs)
+        run_pairs = pairs[runs]
+        intersection = np.bincount(run_pairs[run_in_a & run_in_b], minlength=size)
+        union = (np.bincount(run_pairs[run_in_a], minlength=size) + np.bincount(run_pairs[run_in_b], minlength=size)
+                 - intersection)
         np.divide(intersection, union, out=similarities[start:end], where=union > 0)
     return similarities
 
@@ -241,7 +247,10 @@ def candidate_pairs(new_keys: DataFrame, indexed_keys: DataFrame | None, max_buc
 def verify_pairs(pairs: DataFrame, texts: DataFrame, settings: LshSettings) -> DataFrame:
     """``(doc_a, doc_b, similarity)`` of the candidate pairs whose similarity is at least the threshold."""
     involved = pairs.select(F.col("doc_a").alias("doc_id")).unionByName(
-        pairs.select(F.col("doc_b").alias("doc_id"))).distinct()
+        pairs.select(F.col("doc_b").alias("doc_id"))).distinct().localCheckpoint()
+    # Broadcasting the ids filters the texts where they are read instead of shuffling every text.
+    if involved.count() <= _BROADCAST_IDS:
+        involved = F.broadcast(involved)
     needed = texts.select("doc_id", "text").join(involved, "doc_id", "left_semi")
     with_texts = (pairs.join(needed.select(F.col("doc_id").alias("doc_a"), F.col("text").alias("text_a")), "doc_a")
                   .join(needed.select(F.col("doc_id").alias("doc_b"), F.col("text").alias("text_b")), "doc_b")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from jobs import dedup, embed, ingest, quality, report, sample
+from jobs import dedup, detect, embed, ingest, neardup, quality, report, sample, tokenizer
 from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
@@ -11,7 +11,8 @@ from jobs.common.runner import StepOutcome, config_options, execute, run_guarded
 from jobs.common.session import get_spark
 from jobs.common.tracking import pipeline_run, tracking_uri
 
-STEPS = [ingest.STEP, dedup.STEP, quality.STEP, embed.STEP, sample.STEP, report.STEP]
+STEPS = [ingest.STEP, dedup.STEP, quality.STEP, neardup.STEP, tokenizer.STEP, detect.STEP, embed.STEP, sample.STEP,
+         report.STEP]
 STEP_NAMES = [s.name for s in STEPS]
 
 

@@ -23,7 +23,7 @@ from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
 
 REQUIRED_COLUMNS = ("doc_id", "text", "origin", "source", "n_tokens", "n_words", "alpha_ratio",
-                    "duplicate_line_fraction")
+                    "duplicate_line_fraction", "duplicate_of")
 
 
 def mixture_hash(mixture: MixtureConfig) -> str:
@@ -31,9 +31,11 @@ def mixture_hash(mixture: MixtureConfig) -> str:
 
 
 def exclusion_reason(mixture: MixtureConfig) -> F.Column:
-    """The first filter a document fails, or null when it is eligible."""
+    """The first filter a document fails, or null when it is eligible. A near duplicate (marked by the
+    neardup step) is out before any threshold."""
     f = mixture.filters
-    return (F.when(F.col("n_words") < f.min_words, "min_words")
+    return (F.when(F.col("duplicate_of").isNotNull(), "near_duplicate")
+            .when(F.col("n_words") < f.min_words, "min_words")
             .when(F.col("alpha_ratio") < f.min_alpha_ratio, "min_alpha_ratio")
             .when(F.col("duplicate_line_fraction") > f.max_duplicate_line_fraction, "max_duplicate_line_fraction"))
 

@@ -191,6 +191,39 @@ class NearDupConfig(Model):
                                          "bands and rows (false negatives get 1 minus this).")
 
 
+class TokenizerConfig(Model):
+    """The sentencepiece tokenizer trained inside the pipeline (jobs/tokenize.py); its tokens are the
+    `n_tokens` that mixture budgets count."""
+
+    vocab_size: int = Field(8000, ge=100, description="Upper bound on the vocabulary (a small corpus yields "
+                            "fewer pieces).")
+    model_type: Literal["unigram", "bpe"] = Field("unigram", description="sentencepiece model type.")
+    train_sample: int = Field(20000, ge=10, description="Documents sampled to train it; pre-AI archive and human "
+                              "documents first (the reference distribution).")
+    seed: int = Field(0, description="Training seed (same texts and seed give the same model).")
+
+
+class DetectConfig(Model):
+    """Synthetic-text detectors (jobs/detect.py, `cleanwell train-detector`, `cleanwell eval-detector`)."""
+
+    training_files: list[str] = Field(
+        default_factory=lambda: ["data/m4/wikipedia_llama2.jsonl", "data/m4/wikihow_llama2.jsonl"],
+        description="M4-format JSONL files (`human_text`, `machine_text` per line) of labelled training pairs.")
+    use_declared_origin: bool = Field(True, description="Also train on silver documents whose origin was "
+                                      "declared human or synthetic.")
+    max_training_documents: int = Field(20000, ge=10, description="Cap on training documents (deterministic "
+                                        "sample, balanced by label).")
+    registered_model: str = Field("cleanwell-synthetic-detector", description="MLflow registered model name.")
+    alias: str = Field("champion", description="Registry alias the detect step sets and scoring loads.")
+    seed: int = Field(0, description="Seed of the cross-fitting folds.")
+    watermark_key: str = Field("cleanwell", description="Secret key of the green-list watermark "
+                               "(Kirchenbauer et al., 2023) to test for.")
+    watermark_gamma: float = Field(0.25, gt=0, lt=1, description="Green-list fraction of the vocabulary.")
+    watermark_z_threshold: float = Field(4.0, gt=0, description="A document of undeclared origin whose watermark "
+                                         "z-score reaches this is labelled synthetic (provenance_method "
+                                         "`watermark`); 4.0 is a one-sided p of about 3e-5.")
+
+
 class QualityConfig(Model):
     """Quality signals (scores only; thresholds on them live in the mixture config)."""
 
@@ -290,6 +323,8 @@ class Config(Model):
     ingest: IngestConfig = IngestConfig()
     dedup: DedupConfig = DedupConfig()
     neardup: NearDupConfig = NearDupConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    detect: DetectConfig = DetectConfig()
     embeddings: EmbeddingsConfig = EmbeddingsConfig()
     clusters: ClustersConfig = ClustersConfig()
     quality: QualityConfig = QualityConfig()

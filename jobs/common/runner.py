@@ -59,6 +59,16 @@ def _successful_runs(spark: SparkSession, cfg: Config):
     return tables.read_table(spark, ref).collect() if tables.exists(spark, ref) else []
 
 
+def last_run_id(spark: SparkSession, cfg: Config, step: str) -> str:
+    """MLflow run id of the step's latest successful run (for artifacts it produced)."""
+    from jobs.common.errors import InputError
+
+    runs = [r for r in _successful_runs(spark, cfg) if r["step"] == step]
+    if not runs:
+        raise InputError(f"step `{step}` has not run successfully yet; run `cleanwell {step}` first")
+    return max(runs, key=lambda r: r["finished_at"])["run_id"]
+
+
 def _upstream_writers(step: Step, table: str) -> list[str]:
     from jobs.pipeline import STEPS  # the registry imports every job module, which imports this one
 

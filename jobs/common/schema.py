@@ -71,3 +71,11 @@ def survivor_order() -> list[Column]:
     provenance first, then quality (more alphabetic text, fewer repeated lines), then date, doc_id."""
     return provenance_priority(extra=[F.col("alpha_ratio").desc_nulls_last(),
                                       F.col("duplicate_line_fraction").asc_nulls_last()])
+
+
+def reference_first() -> list[Column]:
+    """Sort order that puts the reference distribution first (pre-AI archive, then human, unknown,
+    synthetic), in a deterministic hash order within each: for samples that fit tokenizers and IDF
+    weights on human text."""
+    return [F.coalesce(F.col("pre_ai_archive"), F.lit(False)).desc(), origin_rank(F.col("origin")),
+            F.xxhash64("doc_id"), F.col("doc_id")]

@@ -22,9 +22,10 @@ from jobs.common.config import Config
 def _quiet_mlflow() -> None:
     # Alembic migrations and a FutureWarning about the filesystem store are printed on first use;
     # they say nothing a pipeline user can act on.
-    for name in ("alembic", "mlflow.store.db.utils", "mlflow.tracking", "mlflow.store"):
+    for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module="mlflow")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 # Read once, at import: mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ itself,
