@@ -24,7 +24,8 @@ from jobs.common.config import Config
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
 
-SIGNAL_COLUMNS = ("n_words", "alpha_ratio", "duplicate_line_fraction")
+SIGNAL_COLUMNS = ("n_tokens", "alpha_ratio", "duplicate_line_fraction", "gopher_dup_5gram_char_fraction",
+                  "synthetic_probability", "watermark_z")
 SAMPLE_ROWS = 50_000
 
 
@@ -64,6 +65,24 @@ def _composition(frames: dict[str, DataFrame], column: str) -> pd.DataFrame:
             .reindex(columns=list(frames)).astype(int))
 
 
+def _removals(silver: DataFrame, quarantine: DataFrame | None, counts: dict[str, int],
+              manifests: DataFrame | None) -> dict[str, int]:
+    removed: dict[str, int] = {}
+    if quarantine is not None:
+        removed.update({f"quarantine:{r['reason']}": r["count"]
+                        for r in quarantine.groupBy("reason").count().collect()})
+    if "bronze" in counts:
+        removed["exact_duplicate"] = counts["bronze"] - counts.get("silver", 0)
+    for reason, column in (("near_duplicate", "duplicate_of"), ("semantic_duplicate", "semantic_duplicate_of")):
+        if column in silver.columns:
+            removed[reason] = silver.where(F.col(column).isNotNull()).count()
+    if manifests is not None:
+        latest = json.loads(manifests.orderBy(F.col("created_at").desc()).first()["manifest"])
+        removed.update({f"mixture:{k}": v for k, v in latest.get("excluded_by_reason", {}).items()
+                        if k not in ("near_duplicate", "semantic_duplicate")})
+    return {k: int(v) for k, v in removed.items() if v}
+
+
 def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]:
     bronze, bronze_v = _maybe(spark, cfg, "bronze")
     silver, silver_v = _maybe(spark, cfg, "silver")
@@ -96,9 +115,20 @@ def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]
                 lambda ax, c=comp: (c.plot.barh(ax=ax), ax.set_xlabel("documents")))
                 + _table(comp.reset_index()))
 
-    if silver is not None and all(c in silver.columns for c in SIGNAL_COLUMNS):
-        sample = silver.select("origin", *SIGNAL_COLUMNS).limit(SAMPLE_ROWS).toPandas()
-        for column in SIGNAL_COLUMNS:
+    if silver is not None:
+        removed = _removals(silver, quarantine, counts, manifests)
+        facts["removed_by_reason"] = removed
+        if removed:
+            frame = pd.Series(removed).sort_values()
+            sections.append("<h2>Documents removed or excluded, by reason</h2><p>Quarantine at ingest, duplicates "
+                            "collapsed or marked in silver, and exclusions of the latest mixture.</p>" + _plot(
+                                lambda ax: (frame.plot.barh(ax=ax, color="#8064a2"), ax.set_xlabel("documents")))
+                            + _table(frame.rename_axis("reason").reset_index(name="documents")))
+
+    present = [c for c in SIGNAL_COLUMNS if silver is not None and c in silver.columns]
+    if present:
+        sample = silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas()
+        for column in present:
             def draw(ax, col=column):
                 for origin, part in sample.groupby("origin"):
                     ax.hist(part[col], bins=40, alpha=0.55, label=str(origin))
@@ -123,6 +153,12 @@ def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]
             sections.append(f"<h2>Mixture “{html.escape(latest_manifest['mixture'])}”: tokens achieved vs target"
                             "</h2>" + _plot(lambda ax: (achieved.set_index("group")[["tokens", "target_tokens"]]
                                                         .plot.barh(ax=ax), ax.set_xlabel("tokens"))))
+        clusters = pd.DataFrame(latest_manifest.get("by_cluster", {})).T
+        if len(clusters) and "eligible_tokens" in clusters:
+            clusters = clusters.reindex(sorted(clusters.index, key=int))[["eligible_tokens", "target_tokens", "tokens"]]
+            sections.append("<h2>Cluster coverage: eligible silver tokens vs mixture target and achieved</h2>" + _plot(
+                lambda ax: (clusters.plot.bar(ax=ax), ax.set_xlabel("cluster"), ax.set_ylabel("tokens")))
+                + _table(clusters.reset_index(names="cluster")))
         sections.append("<h3>Manifest</h3><pre>" + html.escape(json.dumps(latest_manifest, indent=2)) + "</pre>")
 
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -57,7 +57,21 @@ class GateResult:
         return [o for o in self.outcomes if not o.success]
 
 
-def load_suite(cfg: Config, suite: str) -> list[tuple[str, dict[str, Any]]]:
+def _substitute(value: Any, params: dict[str, Any], where: str) -> Any:
+    """``"${name}"`` -> params[name], recursively: lets a suite take bounds from the run's config."""
+    if isinstance(value, str) and value.startswith("${") and value.endswith("}"):
+        name = value[2:-1]
+        if name not in params:
+            raise ConfigError(f"{where}: unknown parameter {value}; available: {sorted(params)}")
+        return params[name]
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, params, where) for v in value]
+    return value
+
+
+def load_suite(cfg: Config, suite: str, params: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
     path = resolve_conf_path(str(Path(cfg.gates.suites_dir) / f"{suite}.yaml"))
     if not path.is_file():
         raise ConfigError(f"expectation suite `{suite}` not found at {path}")
@@ -69,7 +83,7 @@ def load_suite(cfg: Config, suite: str) -> list[tuple[str, dict[str, Any]]]:
         (name, kwargs), = item.items()
         if not name.startswith("expect_"):
             raise ConfigError(f"{path} item {number}: `{name}` is not a Great Expectations expectation name")
-        specs.append((name, dict(kwargs or {})))
+        specs.append((name, _substitute(dict(kwargs or {}), params or {}, f"{path} item {number}")))
     return specs
 
 
@@ -124,12 +138,14 @@ def record(cfg: Config, spark, result: GateResult, log: RunLog, target: str) -> 
                        "outcomes": [o.__dict__ for o in result.outcomes]}, f"gates/{result.suite}.json")
 
 
-def check(cfg: Config, df: DataFrame, suite: str, log: RunLog, target: str) -> GateResult | None:
-    """Validate ``df`` with ``suite``, record the outcome, raise :class:`GateFailed` if any expectation failed."""
+def check(cfg: Config, df: DataFrame, suite: str, log: RunLog, target: str,
+          params: dict[str, Any] | None = None) -> GateResult | None:
+    """Validate ``df`` with ``suite`` (``${name}`` in it replaced from ``params``), record the outcome,
+    raise :class:`GateFailed` if any expectation failed."""
     if not cfg.gates.enabled:
         log.tags({f"gate.{suite}": "disabled"})
         return None
-    result = validate(df, suite, load_suite(cfg, suite))
+    result = validate(df, suite, load_suite(cfg, suite, params))
     record(cfg, df.sparkSession, result, log, target)
     if not result.success:
         lines = "\n".join(f"  - {o.describe()}" for o in result.failures)

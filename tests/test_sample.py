@@ -1,0 +1,220 @@
+"""The sampling job on the demo's silver table: determinism, caps, epochs, vetting, rejection
+sampling, and every gate of the mixture suite failing on tampered real mixtures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import sample
+from jobs.common import tables
+from jobs.common.config import load_mixture
+from jobs.common.errors import GateFailed
+from jobs.common.runner import execute
+from jobs.common.tracking import tracked_run
+from udfs.heuristics import failed_quality_rules, quality_signals
+
+pytestmark = pytest.mark.spark
+DEMO = load_mixture("conf/mixtures/demo.yaml")
+
+
+def mixture(**changes):
+    return DEMO.model_copy(update=changes)
+
+
+def silver(spark, cfg):
+    frame = tables.read_table(spark, tables.table_ref(cfg, "silver"))
+    return frame.withColumn("cluster_id", F.col("cluster_id").cast("int"))
+
+
+def choose(spark, cfg, mix, frame=None):
+    """(chosen rows as {(doc_id, epoch): row}, eligible frame) without publishing anything."""
+    judged, _ = sample.eligibility(frame if frame is not None else silver(spark, cfg), mix)
+    judged = judged.withColumns({"priority_class": sample.priority_class(),
+                                 "selection_rank": F.xxhash64("doc_id", F.lit(mix.seed))})
+    eligible = judged.where(F.col("exclusion_reason").isNull()).drop("exclusion_reason")
+    _, cells = sample.allocate(eligible, mix)
+    rows = sample.select(eligible, mix, cells).collect()
+    return {(r["doc_id"], r["epoch"]): r for r in rows}, eligible
+
+
+def test_same_config_gives_the_same_mixture_and_the_seed_changes_it(spark, demo):
+    cfg, _, _ = demo
+    first, _ = choose(spark, cfg, DEMO)
+    again, _ = choose(spark, cfg, DEMO)
+    other, _ = choose(spark, cfg, mixture(seed=DEMO.seed + 1))
+    assert set(first) == set(again)
+    assert set(first) != set(other)
+
+
+def test_adding_documents_does_not_reshuffle_those_already_chosen(spark, demo):
+    """Within each cell the chosen documents are a prefix of one fixed order, so a smaller corpus's
+    choice and a larger corpus's choice agree on the documents they share, up to that prefix."""
+    cfg, _, _ = demo
+    loose = mixture(budget_tolerance=0.5, max_source_share=1.0, source_max_epochs={})
+    full = silver(spark, cfg)
+    part = full.where(F.abs(F.xxhash64("doc_id")) % 5 != 0)
+    big, eligible = choose(spark, cfg, loose, full)
+    small, _ = choose(spark, cfg, loose, part)
+    order = (eligible.select("doc_id", "source", "cluster_id", "priority_class", "selection_rank").toPandas()
+             .sort_values(["priority_class", "selection_rank", "doc_id"]))
+    in_part = set(r["doc_id"] for r in part.select("doc_id").collect())
+    for _, cell in order.groupby(["source", "cluster_id"]):
+        shared = [d for d in cell["doc_id"] if d in in_part]
+        picked_small = [d in {k[0] for k in small} for d in shared]
+        picked_big = [d in {k[0] for k in big} for d in shared]
+        for picks in (picked_small, picked_big):  # a prefix: no gap followed by a pick
+            assert picks == sorted(picks, reverse=True)
+
+
+def test_caps_on_synthetic_and_per_source_tokens_hold(spark, demo):
+    cfg, _, _ = demo
+    mix = mixture(max_source_share=0.30, max_synthetic_share=0.05)
+    chosen, _ = choose(spark, cfg, mix)
+    by_source: dict[str, int] = {}
+    synthetic = 0
+    for row in chosen.values():
+        by_source[row["source"]] = by_source.get(row["source"], 0) + row["n_tokens"]
+        synthetic += row["n_tokens"] if row["effective_origin"] == "synthetic" else 0
+    assert max(by_source.values()) <= 0.30 * mix.token_budget
+    assert 0 < synthetic <= 0.05 * mix.token_budget
+
+
+def test_epochs_never_exceed_the_source_limit(spark, demo):
+    cfg, _, _ = demo
+    mix = mixture(weights={"archive": 0.6, "wikihow": 0.4}, source_max_epochs={"archive": 2})
+    chosen, _ = choose(spark, cfg, mix)
+    archive = [key for key, row in chosen.items() if row["source"] == "archive"]
+    assert {epoch for _, epoch in archive} == {0, 1}
+    copies: dict[str, int] = {}
+    for doc_id, _ in archive:
+        copies[doc_id] = copies.get(doc_id, 0) + 1
+    assert max(copies.values()) == 2
+    assert all(epoch == 0 for (_, epoch), row in chosen.items() if row["source"] != "archive")
+
+
+def test_unvetted_and_invalid_synthetic_sources_are_left_out(spark, demo):
+    cfg, _, _ = demo
+    frame = silver(spark, cfg)
+    unvetted, _ = sample.eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
+        update={"vetted_sources": []})))
+    reasons = unvetted.where(F.col("effective_origin") == "synthetic").groupBy("exclusion_reason").count().collect()
+    assert "synthetic_not_vetted" in {r["exclusion_reason"] for r in reasons}
+    assert unvetted.where((F.col("effective_origin") == "synthetic") & F.col("exclusion_reason").isNull()).count() == 0
+
+    strict = DEMO.synthetic.validation.model_copy(update={"min_distinct_ratio": 50.0})
+    judged, reports = sample.eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
+        update={"validation": strict})))
+    assert reports["llama2"]["passed"] is False and 0 < reports["llama2"]["precision"] <= 1
+    failed = judged.where(F.col("exclusion_reason") == "synthetic_failed_validation").count()
+    assert failed > 0
+    assert judged.where((F.col("source") == "llama2") & F.col("exclusion_reason").isNull()).count() == 0
+
+
+def test_rejection_sampling_keeps_the_best_of_each_prompt_group(spark, demo):
+    cfg, _, _ = demo
+    rejection = DEMO.synthetic.rejection.model_copy(update={"group_key": "domain", "keep_per_group": 2})
+    judged, _ = sample.eligibility(silver(spark, cfg), mixture(synthetic=DEMO.synthetic.model_copy(
+        update={"rejection": rejection})))
+    rows = judged.where(F.col("source") == "llama2").select("domain", "ngram_repetition",
+                                                              "exclusion_reason").toPandas()
+    kept = rows[rows["exclusion_reason"].isna()]
+    assert sorted(kept.groupby("domain").size().tolist()) == [2, 2]
+    for domain, part in kept.groupby("domain"):
+        contenders = rows[(rows["domain"] == domain) & (rows["exclusion_reason"].isna()
+                                                          | (rows["exclusion_reason"] == "rejected_by_prompt"))]
+        assert sorted(part["ngram_repetition"]) == sorted(contenders["ngram_repetition"])[:2]
+
+
+def test_quality_rule_exclusions_match_the_pure_rules(spark, demo):
+    cfg, _, _ = demo
+    judged, _ = sample.eligibility(silver(spark, cfg), mixture(filters=DEMO.filters.model_copy(
+        update={"exclude_duplicates": False, "languages": None, "min_words": 0, "min_alpha_ratio": 0.0,
+                "max_duplicate_line_fraction": 1.0})))
+    rows = judged.where(F.col("effective_origin") != "synthetic").select("text", "exclusion_reason").toPandas()
+    expected = failed_quality_rules(quality_signals(rows["text"].tolist()), DEMO.filters.quality_thresholds)
+    for reason, failed in zip(rows["exclusion_reason"], expected, strict=True):
+        want = f"quality:{failed[0]}" if failed else None
+        assert (reason if isinstance(reason, str) else None) == want
+
+
+@pytest.fixture
+def gold_and_log(spark, demo):
+    cfg, _, _ = demo
+    chosen, _ = choose(spark, cfg, DEMO)
+    keys = spark.createDataFrame(list(chosen), "doc_id string, epoch int")
+    frame = silver(spark, cfg).withColumns({"effective_origin": F.col("origin")})
+    gold = frame.join(keys, "doc_id")
+    with tracked_run(cfg, "test-gates") as log:
+        yield cfg, gold, log
+
+
+def test_the_published_style_mixture_passes_the_gate(spark, gold_and_log):
+    cfg, gold, log = gold_and_log
+    sample.check_mixture(cfg, spark, sample.mixture_summary(gold, DEMO), DEMO, log)
+
+
+@pytest.mark.parametrize("tamper, expectation_column", [
+    ("duplicate", "duplicates_included"),
+    ("more_synthetic", "synthetic_share"),
+    ("halve", "budget_error"),
+    ("skew", "max_weight_error"),
+    ("extra_epochs", "copies_over_epoch_cap"),
+    ("one_source", "max_source_share"),
+])
+def test_each_mixture_gate_fails_on_a_tampered_mixture(spark, demo, gold_and_log, tamper, expectation_column):
+    cfg, gold, log = gold_and_log
+    frame = silver(spark, cfg).withColumns({"effective_origin": F.col("origin"), "epoch": F.lit(0)})
+    if tamper == "duplicate":
+        bad = gold.unionByName(frame.where(F.col("semantic_duplicate_of").isNotNull()).limit(1))
+    elif tamper == "more_synthetic":
+        bad = gold.unionByName(frame.where(F.col("origin") == "synthetic").join(gold.select("doc_id"), "doc_id",
+                                                                                  "left_anti").limit(30))
+    elif tamper == "halve":
+        bad = gold.where(F.abs(F.xxhash64("doc_id")) % 2 == 0)
+    elif tamper == "skew":
+        bad = gold.where(F.col("source") != "wikihow").unionByName(
+            frame.where(F.col("source") == "wikipedia").join(gold.select("doc_id"), "doc_id", "left_anti"))
+    elif tamper == "extra_epochs":
+        bad = gold.where(F.col("source") != "archive").unionByName(
+            gold.where(F.col("source") == "archive").withColumn("epoch", F.lit(5)))
+    else:
+        bad = gold
+    mix = mixture(max_source_share=0.2) if tamper == "one_source" else DEMO
+    with pytest.raises(GateFailed) as failure:
+        sample.check_mixture(cfg, spark, sample.mixture_summary(bad, mix), mix, log)
+    failed = [o.kwargs["column"] for o in failure.value.result.failures]
+    assert expectation_column in failed
+
+
+def test_failed_mixture_gate_publishes_no_gold_and_no_manifest(spark, fork_demo, tmp_path):
+    impossible = tmp_path / "m.yaml"
+    impossible.write_text(json.dumps(mixture(name="impossible", weights={"llama2": 0.9, "wikihow": 0.1})
+                                     .model_dump(mode="json")))
+    cfg, root = fork_demo(f"sample.mixture={impossible}")
+    gold_ref = tables.table_ref(cfg, "gold")
+    version = tables.current_version(spark, gold_ref)
+    with pytest.raises(GateFailed, match="max_weight_error|synthetic_share"):
+        execute(sample.STEP, spark, cfg, force=True)
+    assert tables.current_version(spark, gold_ref) == version
+    assert not (root / "manifests" / "impossible").exists()
+
+
+def test_demo_mixture_manifest_and_shards(spark, demo):
+    cfg, root, outcomes = demo
+    manifest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
+    assert abs(manifest["tokens"] / DEMO.token_budget - 1) <= DEMO.budget_tolerance
+    assert manifest["synthetic_share"] <= DEMO.max_synthetic_share
+    assert set(manifest["by_group"]) == set(DEMO.weights)
+    assert all("target_tokens" in v for v in manifest["by_cluster"].values())
+    assert manifest["synthetic_validation"]["llama2"]["passed"] is True
+    assert manifest["inputs"]["clusters"]["version"] >= 0
+    gold = tables.read_table(spark, tables.table_ref(cfg, "gold"), manifest["gold_version"])
+    shards = spark.read.json(manifest["export"])
+    assert shards.count() == gold.where(F.col("mixture") == "demo").count() == manifest["rows"]
+    assert set(shards.columns) == set(DEMO.export.columns)
+    assert len(list(Path(manifest["export"]).glob("part-*"))) == DEMO.export.shards
+    assert sum(outcomes["sample"].summary["excluded"].values()) + manifest["eligible_documents"] == \
+        tables.read_table(spark, tables.table_ref(cfg, "silver"), manifest["inputs"]["silver"]["version"]).count()
