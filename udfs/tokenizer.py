@@ -93,19 +93,19 @@ class Tokenizer:
 
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text, one int32 array per text."""
-        encoded = self._processor.encode(list(texts), out_type=int)
+        encoded = self._processor.encode(list(texts), out_type=int, num_threads=1)
         return [np.asarray(ids, dtype=np.int32) for ids in encoded]
 
     def encode_pieces(self, texts: Sequence[str]) -> list[list[str]]:
         """Token pieces (strings) of each text."""
-        return self._processor.encode(list(texts), out_type=str)
+        return self._processor.encode(list(texts), out_type=str, num_threads=1)
 
     def decode_ids(self, id_sequences: Sequence[Sequence[int]]) -> list[str]:
         return [self._processor.decode([int(i) for i in ids]) for ids in id_sequences]
 
     def count_tokens(self, texts: Sequence[str]) -> np.ndarray:
         """Number of tokens in each text (int64 array)."""
-        return np.fromiter((len(ids) for ids in self._processor.encode(list(texts), out_type=int)),
+        return np.fromiter((len(ids) for ids in self._processor.encode(list(texts), out_type=int, num_threads=1)),
                            dtype=np.int64, count=len(texts))
 
 

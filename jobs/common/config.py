@@ -256,7 +256,7 @@ class ClustersConfig(Model):
     k: int = Field(8, ge=2, description="Number of KMeans clusters (Spark ML).")
     max_iter: int = Field(30, ge=1, description="KMeans iterations.")
     seed: int = Field(7, description="KMeans seed.")
-    semdedup_threshold: float = Field(0.95, gt=0, le=1, description="Cosine similarity at or above which two "
+    semdedup_threshold: float = Field(0.90, gt=0, le=1, description="Cosine similarity at or above which two "
                                       "documents of a cluster are semantic duplicates (SemDeDup).")
     vendi_sample: int = Field(2000, ge=10, description="Documents sampled for the Vendi-score estimate.")
     distinct_n_sample: int = Field(5000, ge=10, description="Documents sampled for distinct-n.")
