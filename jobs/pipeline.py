@@ -45,8 +45,8 @@ def echo_locations(cfg: Config) -> None:
     click.echo(f"  MLflow:      mlflow ui --backend-store-uri {uri}")
 
 
-@click.command(name="run", help="Run the pipeline (ingest, dedup, quality, sample, report). Steps whose inputs "
-                                "and config are unchanged since their last successful run are skipped.")
+@click.command(name="run", help=f"Run the pipeline ({', '.join(STEP_NAMES)}). Steps whose inputs and config "
+                                "are unchanged since their last successful run are skipped.")
 @config_options
 @click.option("--steps", help=f"Comma-separated subset of: {','.join(STEP_NAMES)}.")
 @click.option("--force", is_flag=True, help="Rerun steps even when they are up to date.")
