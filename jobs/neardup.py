@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -62,7 +63,7 @@ INDEX_FORMAT = 1
 # udfs.minhash measured its batch path fastest (arrays stay in cache).
 _VERIFY_CHARS_PER_CHUNK = 1 << 18
 _PAIRS_PER_BATCH = 1 << 16
-# Candidate documents whose ids are broadcast (~50 bytes each) to filter the texts for verification.
+# Most document ids broadcast (~50 bytes each) to select texts (verification, new documents of a batch).
 _BROADCAST_IDS = 4_000_000
 # Bucket rows per partition of the candidate stage (each partition is sorted in memory, ~100 bytes a row).
 _BUCKET_ROWS_PER_PARTITION = 4_000_000
@@ -244,14 +245,17 @@ def candidate_pairs(new_keys: DataFrame, indexed_keys: DataFrame | None, max_buc
             .distinct())
 
 
+def _small_enough_to_broadcast(ids: DataFrame) -> DataFrame:
+    """``ids`` with a broadcast hint when there are few enough of them: a semi-join with the texts then
+    filters them where they are read instead of shuffling every text."""
+    return F.broadcast(ids) if ids.count() <= _BROADCAST_IDS else ids
+
+
 def verify_pairs(pairs: DataFrame, texts: DataFrame, settings: LshSettings) -> DataFrame:
     """``(doc_a, doc_b, similarity)`` of the candidate pairs whose similarity is at least the threshold."""
     involved = pairs.select(F.col("doc_a").alias("doc_id")).unionByName(
-        pairs.select(F.col("doc_b").alias("doc_id"))).distinct().localCheckpoint()
-    # Broadcasting the ids filters the texts where they are read instead of shuffling every text.
-    if involved.count() <= _BROADCAST_IDS:
-        involved = F.broadcast(involved)
-    needed = texts.select("doc_id", "text").join(involved, "doc_id", "left_semi")
+        pairs.select(F.col("doc_b").alias("doc_id"))).distinct()
+    needed = texts.select("doc_id", "text").join(_small_enough_to_broadcast(involved), "doc_id", "left_semi")
     with_texts = (pairs.join(needed.select(F.col("doc_id").alias("doc_a"), F.col("text").alias("text_a")), "doc_a")
                   .join(needed.select(F.col("doc_id").alias("doc_b"), F.col("text").alias("text_b")), "doc_b")
                   .select("doc_a", "doc_b", "text_a", "text_b"))
@@ -309,35 +313,51 @@ def with_marks(silver: DataFrame, marks: DataFrame | None) -> DataFrame:
 @dataclass(frozen=True)
 class NearDuplicates:
     """What one detection produced. ``signed``: ``(doc_id, band_hashes)`` of the documents that got
-    signatures in this run; ``edges``: verified pairs; ``clusters``: every clustered document (old and
-    new) with its cluster id; ``rounds``: connected-components rounds."""
+    signatures in this run; ``candidates``: candidate pairs; ``edges``: verified pairs with their
+    similarity; ``clusters``: every clustered document (old and new) with its cluster id; ``rounds``:
+    connected-components rounds; ``seconds``: wall time of each stage."""
 
     signed: DataFrame
     candidates: DataFrame
     edges: DataFrame
     clusters: DataFrame
     rounds: int
+    seconds: dict[str, float]
 
 
 def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFrame | None = None) -> NearDuplicates:
     """Near-duplicate clusters of the ``(doc_id, text)`` rows of ``texts``: of all of them (``index`` None),
     or incrementally, signing only the documents the band ``index`` lacks and merging with its clusters.
-    Intermediate results are materialised once (``localCheckpoint``): each is read more than once."""
+    Each stage's result is materialised once (``localCheckpoint``): later stages read it more than once."""
     if index is None:
         new_texts, indexed_keys, previous = texts, None, None
     else:
         indexed_docs = index.where(F.col("band") == 0).select("doc_id", "near_duplicate_cluster_id")
-        new_texts = texts.join(indexed_docs, "doc_id", "left_anti")
+        new_texts = texts.join(_small_enough_to_broadcast(
+            texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti")), "doc_id", "left_semi")
         indexed_keys = index.where(F.col("hash").isNotNull()).select("doc_id", "band", "hash")
         previous = indexed_docs.where(F.col("near_duplicate_cluster_id").isNotNull())
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        seconds[stage], started = now - started, now
+
     signed = document_band_hashes(new_texts, settings).localCheckpoint()
+    lap("signatures")
     new_keys = explode_bands(signed).where(F.col("hash").isNotNull())
     shuffle_partitions = int(texts.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     partitions = max(shuffle_partitions, -(-signed.count() * settings.bands // _BUCKET_ROWS_PER_PARTITION))
     candidates = candidate_pairs(new_keys, indexed_keys, settings.max_bucket_size, partitions).localCheckpoint()
+    lap("candidates")
     edges = verify_pairs(candidates, texts, settings).localCheckpoint()
+    lap("verification")
     clusters, rounds = merge_clusters(edges, previous)
-    return NearDuplicates(signed, candidates, edges, clusters.localCheckpoint(), rounds)
+    clusters = clusters.localCheckpoint()
+    lap("components")
+    return NearDuplicates(signed, candidates, edges, clusters, rounds, seconds)
 
 
 def index_updates(found: NearDuplicates, settings: LshSettings, index: DataFrame | None) -> DataFrame:
@@ -380,12 +400,12 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     log.params({"neardup": {"bands": settings.bands, "rows": settings.rows, "signature_bits": settings.signature_bits,
                             "settings_hash": settings.settings_hash}})
 
-    def publish(marked: DataFrame) -> None:
+    def publish(marked: DataFrame, properties: dict[str, str]) -> None:
         gates.publish(cfg, marked, "silver", "silver_neardup", log, lambda df, ref: tables.overwrite(
-            df, ref, run_id=log.run_id, properties=settings.table_properties()))
+            df, ref, run_id=log.run_id, properties=properties))
 
     if not cfg.neardup.enabled:
-        publish(with_marks(silver, None))
+        publish(with_marks(silver, None), {f"{PROPERTY_PREFIX}enabled": "false"})
         log.tags({"neardup.mode": "disabled"})
         return {"mode": "disabled"}
 
@@ -394,7 +414,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     mode = "full" if index is None else "incremental"
     log.tags({"neardup.mode": mode, "neardup.mode_reason": why})
     found = find_near_duplicates(documents, settings, index)
-    publish(with_marks(silver, choose_representatives(silver, found.clusters)))
+    publish(with_marks(silver, choose_representatives(silver, found.clusters)),
+            {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"})
     updates = index_updates(found, settings, index)
     if index is None:
         tables.overwrite(updates, index_ref, run_id=log.run_id, properties=settings.table_properties())
@@ -406,7 +427,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
                           F.countDistinct("near_duplicate_cluster_id").alias("clusters"),
                           F.count("duplicate_of").alias("duplicates_marked")).first().asDict()
     counts = {**stats, "documents_signed": found.signed.count(), "candidate_pairs": found.candidates.count(),
-              "verified_pairs": found.edges.count(), "components_rounds": found.rounds}
+              "verified_pairs": found.edges.count(), "components_rounds": found.rounds,
+              **{f"seconds.{stage}": value for stage, value in found.seconds.items()}}
     share = counts["duplicates_marked"] / counts["documents_in"] if counts["documents_in"] else 0.0
     for name, value in {**counts, "duplicate_share": share}.items():
         log.metric(name, value)

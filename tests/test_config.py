@@ -64,7 +64,8 @@ def test_section_hash_changes_only_with_its_section():
 
 
 def test_mixture_validation_names_the_key(tmp_path):
-    assert load_mixture("conf/mixtures/demo.yaml").token_budget == 120000
+    demo = load_mixture("conf/mixtures/demo.yaml")
+    assert (demo.token_budget, demo.epochs("archive"), demo.epochs("wikipedia")) == (150000, 3, 1)
     bad = tmp_path / "m.yaml"
     bad.write_text("name: x\ntoken_budget: 10\nweights: {a: 1}\nmax_synthetic_share: 2\n")
     with pytest.raises(ConfigError, match="max_synthetic_share"):
