@@ -125,6 +125,13 @@ def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]
                                 lambda ax: (frame.plot.barh(ax=ax, color="#8064a2"), ax.set_xlabel("documents")))
                             + _table(frame.rename_axis("reason").reset_index(name="documents")))
 
+    clusters, _ = _maybe(spark, cfg, "clusters")
+    if clusters is not None:
+        sizes = clusters.select("cluster_id", "size").orderBy("cluster_id").toPandas().set_index("cluster_id")
+        facts["cluster_sizes"] = {int(k): int(v) for k, v in sizes["size"].items()}
+        sections.append("<h2>Embedding clusters: documents per cluster (silver)</h2>" + _plot(
+            lambda ax: (sizes["size"].plot.bar(ax=ax, color="#4bacc6"), ax.set_ylabel("documents"))))
+
     present = [c for c in SIGNAL_COLUMNS if silver is not None and c in silver.columns]
     if present:
         sample = silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas()

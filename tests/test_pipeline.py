@@ -174,6 +174,10 @@ def test_every_step_is_a_child_mlflow_run_with_metrics_and_manifest(spark, demo)
 def test_report_is_html_with_plots(demo):
     _, root, outcomes = demo
     page = Path(outcomes["report"].summary["report"]).read_text(encoding="utf-8")
-    assert page.count("data:image/png;base64,") >= 5
-    assert "Quarantined records by reason" in page and "unreadable_file" in page
+    assert page.count("data:image/png;base64,") >= 10
+    for heading in ("Quarantined records by reason", "Documents removed or excluded, by reason",
+                    "Embedding clusters: documents per cluster", "Silver: synthetic_probability by origin",
+                    "Cluster coverage", "Latest gate outcomes"):
+        assert heading in page, heading
+    assert "unreadable_file" in page and "mixture:synthetic_not_vetted" in page
     assert (root / "reports" / "latest.html").exists()
