@@ -75,3 +75,15 @@ def test_mixture_validation_names_the_key(tmp_path):
 def test_docs_list_every_key():
     assert (REPO / "docs" / "config.md").read_text(encoding="utf-8") == config_docs() + "\n", \
         "docs/config.md is stale: run `cleanwell config --docs > docs/config.md`"
+
+
+def test_relative_lake_root_becomes_an_absolute_table_path(tmp_path, monkeypatch):
+    from jobs.common.tables import table_ref
+
+    monkeypatch.chdir(tmp_path)
+    ref = table_ref(load_config(overrides=["lake.root=./lake"]), "silver")
+    assert ref.location == f"{tmp_path}/lake/silver_documents" and ref.by_path
+    remote = table_ref(load_config(overrides=["lake.root=s3://bucket/lake/"]), "silver")
+    assert remote.location == "s3://bucket/lake/silver_documents"
+    catalog = table_ref(load_config(overrides=["lake.catalog=main.cleanwell"]), "gold")
+    assert (catalog.location, catalog.by_path) == ("main.cleanwell.gold_mixture", False)

@@ -6,6 +6,7 @@ MLflow run id as the commit's user metadata, so ``DESCRIBE HISTORY`` leads back 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,11 @@ def table_ref(cfg: Config, name: str) -> TableRef:
     physical = getattr(cfg.tables, name)
     if cfg.lake.catalog:
         return TableRef(name, f"{cfg.lake.catalog}.{physical}", by_path=False)
-    return TableRef(name, f"{cfg.lake.root.rstrip('/')}/{physical}", by_path=True)
+    root = cfg.lake.root.rstrip("/")
+    if "://" not in root and not root.startswith("dbfs:"):
+        # Delta's SQL path identifiers (delta.`path`, used by ALTER TABLE) need an absolute path.
+        root = os.path.abspath(root)
+    return TableRef(name, f"{root}/{physical}", by_path=True)
 
 
 def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
