@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from bench.minhash_core import m4_texts
 from udfs.classifier import SCORE_COLUMNS, cross_domain_evaluation, in_domain_evaluation, train_detector
 from udfs.detectors import COMPRESSION_WINDOW_BYTES, prepare_texts, text_signals, zero_shot_signals
 from udfs.ngram_lm import lm_signals
@@ -59,21 +60,13 @@ def m4_documents(n_docs: int, words_per_doc: int = DOCUMENT_WORDS, seed: int = 0
     the M4 sample cut into consecutive pieces of ``words_per_doc`` whitespace words (line breaks and spacing
     kept, so line-based signals see real structure; a last piece shorter than half that is dropped), shuffled
     with ``seed`` and cycled until there are ``n_docs``."""
-    paths = sorted(data_dir.glob("*.jsonl"))
-    if not paths:
-        raise FileNotFoundError(f"no *.jsonl in {data_dir}: the M4 sample ships in data/m4/")
     pieces: list[str] = []
-    for path in paths:
-        for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            record = json.loads(line)
-            for field in ("human_text", "machine_text"):
-                if field not in record:
-                    raise KeyError(f"field `{field}` missing in {path}:{line_number}; found: {', '.join(record)}")
-                spans = [match.span() for match in _WORD_SPAN.finditer(record[field])]
-                for first in range(0, len(spans), words_per_doc):
-                    last = min(first + words_per_doc, len(spans)) - 1
-                    if last - first + 1 >= words_per_doc // 2:
-                        pieces.append(record[field][spans[first][0]:spans[last][1]])
+    for text in m4_texts(data_dir):
+        spans = [match.span() for match in _WORD_SPAN.finditer(text)]
+        for first in range(0, len(spans), words_per_doc):
+            last = min(first + words_per_doc, len(spans)) - 1
+            if last - first + 1 >= words_per_doc // 2:
+                pieces.append(text[spans[first][0]:spans[last][1]])
     order = np.random.default_rng(seed).permutation(len(pieces))
     return [pieces[order[i % len(pieces)]] for i in range(n_docs)]
 

@@ -16,7 +16,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,22 +66,28 @@ class NearDuplicateCorpus:
     edit_rate: np.ndarray
 
 
-def m4_sentences(data_dir: Path = M4_DIR) -> list[str]:
-    """Sentences of 4-60 words from every ``human_text`` and ``machine_text`` of the M4 sample, in file
-    order, deduplicated (a sentence repeated across records would plant unintended overlap)."""
+def m4_texts(data_dir: Path = M4_DIR) -> Iterator[str]:
+    """Every ``human_text`` and ``machine_text`` of the M4 sample, in file and line order."""
     paths = sorted(data_dir.glob("*.jsonl"))
     if not paths:
         raise FileNotFoundError(f"no *.jsonl in {data_dir}: the M4 sample ships in data/m4/")
-    sentences: dict[str, None] = {}
     for path in paths:
         for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
             record = json.loads(line)
             for field in ("human_text", "machine_text"):
                 if field not in record:
                     raise KeyError(f"field `{field}` missing in {path}:{line_number}; found: {', '.join(record)}")
-                for sentence in _SENTENCE_BREAK.split(record[field]):
-                    if 4 <= len(sentence.split()) <= 60:
-                        sentences.setdefault(sentence.strip())
+                yield record[field]
+
+
+def m4_sentences(data_dir: Path = M4_DIR) -> list[str]:
+    """Sentences of 4-60 words from every ``human_text`` and ``machine_text`` of the M4 sample, in file
+    order, deduplicated (a sentence repeated across records would plant unintended overlap)."""
+    sentences: dict[str, None] = {}
+    for text in m4_texts(data_dir):
+        for sentence in _SENTENCE_BREAK.split(text):
+            if 4 <= len(sentence.split()) <= 60:
+                sentences.setdefault(sentence.strip())
     return list(sentences)
 
 
