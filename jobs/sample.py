@@ -41,7 +41,6 @@ from udfs.diversity import distinct_n
 from udfs.heuristics import QUALITY_RULES, QualityThresholds
 from udfs.mixing import Candidate, allocate_cells, greedy_fill, manifold_precision_recall
 
-CLASS_NAMES = {0: "pre_ai_archive", 1: "human", 2: "unknown", 3: "synthetic"}
 GOLD_DROP = ("embedding",)
 FILL_CANDIDATES_PER_GROUP = 200
 

@@ -17,6 +17,7 @@ from jobs import ingest, sample
 from jobs.common import tables
 from jobs.common.errors import GateFailed
 from jobs.common.runner import execute
+from jobs.common.schema import QUARANTINE_REASONS
 from jobs.pipeline import STEP_NAMES, run_pipeline
 from tests.conftest import REPO
 
@@ -64,9 +65,7 @@ def test_records_in_equal_published_plus_quarantined_plus_removed_per_reason(spa
     assert by_reason == outcomes["ingest"].summary["quarantined"]
     assert removed == {"exact_duplicate_in_source": 6, "already_ingested": 0}
     # Every quarantine reason the demo injects is caught, each with file and line.
-    assert set(by_reason) == {"invalid_utf8", "malformed_json", "malformed_csv", "not_an_object", "unreadable_file",
-                              "missing_text", "wrong_type", "empty_text", "text_too_large", "unknown_origin",
-                              "unparsable_date"}
+    assert set(by_reason) == set(QUARANTINE_REASONS)
     assert quarantine.where(F.col("source_file").isNull() | F.col("detail").isNull()).count() == 0
     # bronze -> silver: every bronze row is either the surviving copy or counted as an exact duplicate.
     silver = read(spark, cfg, "silver")

@@ -10,10 +10,7 @@ from pyspark.sql import Column
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, LongType, MapType, StringType, StructField, StructType, TimestampType
 
-ORIGINS = ("human", "synthetic", "unknown")
-PROVENANCE_METHODS = ("declared", "watermark", "detector", "date-inferred", "archive")
-
-# Reasons a record is quarantined at ingest (docs/pipeline.md explains each).
+# Reasons a record is quarantined at ingest (README, "Guarantees"); records.py raises each of them.
 QUARANTINE_REASONS = (
     "invalid_utf8", "malformed_json", "malformed_csv", "not_an_object", "unreadable_file", "missing_text",
     "wrong_type", "empty_text", "text_too_large", "unknown_origin", "unparsable_date",
