@@ -180,3 +180,13 @@ def test_report_is_html_with_plots(demo):
         assert heading in page, heading
     assert "unreadable_file" in page and "mixture:synthetic_not_vetted" in page
     assert (root / "reports" / "latest.html").exists()
+
+
+def test_long_steps_report_spark_progress(spark):
+    from jobs.common.runner import spark_progress
+
+    lines: list[str] = []
+    with spark_progress(spark, "busy", lines.append, every=0.2):
+        spark.range(0, 2_000_000, numPartitions=24).selectExpr("sha2(cast(id as string), 512) AS h") \
+            .groupBy("h").count().count()
+    assert lines and all(line.startswith("[busy] … stage ") and "tasks" in line for line in lines)

@@ -6,8 +6,10 @@ reruns it), so a retried Airflow task or a re-run after a crash redoes only what
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,6 +117,29 @@ def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, c
     tables.append(spark.createDataFrame(row, STATE_SCHEMA), tables.table_ref(cfg, "pipeline_runs"), run_id=run_id)
 
 
+@contextlib.contextmanager
+def spark_progress(spark: SparkSession, step: str, echo: Callable[[str], None], every: float = 15.0):
+    """While a step runs, print the active Spark stages' task progress every ``every`` seconds, so a
+    long step on a cluster shows it is moving (a short step prints nothing)."""
+    done = threading.Event()
+
+    def report() -> None:
+        tracker = spark.sparkContext.statusTracker()
+        while not done.wait(every):
+            stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+            active = [s for s in stages if s is not None]
+            if active:
+                parts = ", ".join(f"stage {s.stageId} {s.numCompletedTasks}/{s.numTasks} tasks" for s in active[:3])
+                echo(f"[{step}] … {parts}")
+
+    thread = threading.Thread(target=report, name=f"progress-{step}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def execute(step: Step, spark: SparkSession, cfg: Config, force: bool = False,
             echo: Callable[[str], None] = click.echo) -> StepOutcome:
     """Run one step (or skip it when up to date) inside its own MLflow run."""
@@ -129,7 +154,8 @@ def execute(step: Step, spark: SparkSession, cfg: Config, force: bool = False,
     params = {name: getattr(cfg, name).model_dump(mode="json") for name in step.config_sections}
     with tracked_run(cfg, step.name, params=params) as log:
         log.tags({"cleanwell.config_hash": config_hash, **{f"input.{k}": v for k, v in inputs.items()}})
-        summary = step.run(spark, cfg, log) or {}
+        with spark_progress(spark, step.name, echo):
+            summary = step.run(spark, cfg, log) or {}
         seconds = time.perf_counter() - start
         log.metric("seconds", seconds)
         _record_success(spark, cfg, step, log.run_id, config_hash, inputs, summary)
