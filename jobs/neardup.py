@@ -8,8 +8,8 @@ The sample step excludes marked documents; silver keeps them so a user can inspe
 The Spark path is the single-process reference of :mod:`udfs.lsh` sharded, step for step, so the two
 give identical clusters on the same input (a test checks it):
 
-1. signatures and band hashes in Arrow batches (``mapInArrow`` over :mod:`udfs.minhash` and
-   :func:`udfs.lsh.band_hashes`); texts without a shingle get null band hashes and join no bucket;
+1. signatures and band hashes in Arrow batches (``mapInArrow`` over :mod:`udfs.neardup`, which holds every
+   function the Python workers run); texts without a shingle get null band hashes and join no bucket;
 2. candidate pairs from equal ``(band, hash)``; a bucket of more than ``max_bucket_size`` documents links
    each member only to its smallest doc_id, so a giant bucket costs linear, not quadratic, work;
 3. verification of each distinct pair by exact shingle Jaccard (or the signature estimate) >= threshold;
@@ -30,43 +30,35 @@ is no longer in silver.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
 
 from jobs.common import gates, tables
 from jobs.common.components import connected_components
-from jobs.common.config import Config, NearDupConfig
+from jobs.common.config import Config
 from jobs.common.runner import Step, job_main
 from jobs.common.schema import survivor_order
 from jobs.common.tracking import RunLog
-from udfs.lsh import band_hashes, optimal_bands_rows
-from udfs.lsh import candidate_pairs as lsh_candidate_pairs
-from udfs.minhash import estimated_jaccard, is_empty_signature, minhash_signatures, shingle_hashes
+from udfs.neardup import (
+    PROPERTY_PREFIX,
+    LshSettings,
+    band_hash_batches,
+    bucket_pair_batches,
+    paired_text_similarity_batches,
+)
 
 NEAR_DUPLICATE_COLUMNS = ("near_duplicate_cluster_id", "duplicate_of", "duplicate_reason")
 REASON = "near_duplicate"
-PROPERTY_PREFIX = "cleanwell.neardup."
-# Bumped when the shingle hash, the band key or the index layout changes: old indexes are then rebuilt.
-INDEX_FORMAT = 1
-# Characters of text (both sides of the pairs) hashed at once during verification: the size at which
-# udfs.minhash measured its batch path fastest (arrays stay in cache).
-_VERIFY_CHARS_PER_CHUNK = 1 << 18
-_PAIRS_PER_BATCH = 1 << 16
 # Most document ids broadcast (~50 bytes each) to select texts (verification, new documents of a batch).
 _BROADCAST_IDS = 4_000_000
 # Bucket rows per partition of the candidate stage (each partition is sorted in memory, ~100 bytes a row).
-_BUCKET_ROWS_PER_PARTITION = 4_000_000
+_BUCKET_ROWS_PER_PARTITION = 2_000_000
 
 BAND_HASHES_SCHEMA = StructType([StructField("doc_id", StringType()),
                                  StructField("band_hashes", ArrayType(LongType()))])
@@ -75,148 +67,11 @@ SIMILARITY_SCHEMA = StructType([StructField("doc_a", StringType()), StructField(
                                 StructField("similarity", DoubleType())])
 
 
-@dataclass(frozen=True)
-class LshSettings:
-    """Everything that determines which pairs are near duplicates. Two runs are comparable only when
-    their settings are equal; ``settings_hash`` identifies them in the band index and table properties."""
-
-    shingle: str
-    ngram: int
-    num_perm: int
-    seed: int
-    scheme: str
-    bands: int
-    rows: int
-    threshold: float
-    candidate_threshold: float
-    verification: str
-    max_bucket_size: int
-
-    @classmethod
-    def from_config(cls, nd: NearDupConfig) -> LshSettings:
-        bands, rows = optimal_bands_rows(nd.candidate_threshold, nd.num_perm, nd.false_positive_weight,
-                                         1.0 - nd.false_positive_weight)
-        return cls(shingle=nd.shingle, ngram=nd.ngram, num_perm=nd.num_perm, seed=nd.seed, scheme=nd.scheme,
-                   bands=bands, rows=rows, threshold=nd.threshold, candidate_threshold=nd.candidate_threshold,
-                   verification=nd.verification, max_bucket_size=nd.max_bucket_size)
-
-    @property
-    def signature_bits(self) -> int:
-        return 64 if self.scheme == "affine64" else 32
-
-    def describe(self) -> dict[str, Any]:
-        return {**asdict(self), "signature_bits": self.signature_bits, "index_format": INDEX_FORMAT}
-
-    @property
-    def settings_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
-
-    def table_properties(self) -> dict[str, str]:
-        return {f"{PROPERTY_PREFIX}{key}": str(value)
-                for key, value in {**self.describe(), "settings_hash": self.settings_hash}.items()}
-
-
-# --- Arrow batch functions (numpy per batch, no Python per document) --------------------------------
-
-def band_hash_batches(batches: Iterable[pa.RecordBatch], settings: LshSettings) -> Iterator[pa.RecordBatch]:
-    """``(doc_id, text)`` batches -> ``(doc_id, band_hashes)``: one 64-bit key per band (the uint64 keys of
-    :func:`udfs.lsh.band_hashes` as int64); every key null for a text without a shingle."""
-    for batch in batches:
-        texts = batch.column("text").fill_null("").to_pylist()
-        signatures = minhash_signatures(texts, settings.num_perm, settings.seed, settings.ngram, settings.shingle,
-                                        settings.scheme)
-        keys = band_hashes(signatures, settings.bands, settings.rows).view(np.int64).ravel()
-        empty = np.repeat(is_empty_signature(signatures, settings.scheme), settings.bands)
-        offsets = np.arange(0, len(texts) * settings.bands + 1, settings.bands, dtype=np.int32)
-        lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(keys, type=pa.int64(), mask=empty))
-        yield pa.RecordBatch.from_arrays([batch.column("doc_id"), lists], names=["doc_id", "band_hashes"])
-
-
-def exact_jaccard_of_text_pairs(texts_a: Sequence[str], texts_b: Sequence[str], ngram: int = 5,
-                                shingle: str = "word") -> np.ndarray:
-    """Exact Jaccard of the shingle sets of ``texts_a[i]`` and ``texts_b[i]`` (0.0 when both have none),
-    over the 64-bit shingle hashes of :func:`udfs.minhash.shingle_hashes`: equal to
-    :func:`udfs.minhash.exact_jaccard` of the byte shingles unless two distinct shingles of a pair share
-    a 64-bit hash.
-
-    Both sides' hashes are sorted by (pair, hash) at once; each run of equal (pair, hash) is one distinct
-    shingle, in A, in B or in both. The sort is a fast unstable sort by hash followed by a stable radix
-    sort by the 16-bit pair number (chunks hold a few hundred pairs): 2x faster than ``np.lexsort``."""
-    n_pairs = len(texts_a)
-    similarities = np.zeros(n_pairs, dtype=np.float64)
-    if n_pairs == 0:
-        return similarities
-    chars = np.cumsum([len(a) + len(b) for a, b in zip(texts_a, texts_b, strict=True)])
-    starts = np.r_[0, np.flatnonzero(np.diff(chars // _VERIFY_CHARS_PER_CHUNK)) + 1]
-    for start, end in zip(starts.tolist(), np.r_[starts[1:], n_pairs].tolist(), strict=True):
-        size = end - start
-        hashes_a, counts_a = shingle_hashes(texts_a[start:end], ngram, shingle)
-        hashes_b, counts_b = shingle_hashes(texts_b[start:end], ngram, shingle)
-        if len(hashes_a) + len(hashes_b) == 0:
-            continue
-        pair_numbers = np.arange(size, dtype=np.uint16 if size <= 1 << 16 else np.int64)
-        pairs = np.concatenate([np.repeat(pair_numbers, counts_a), np.repeat(pair_numbers, counts_b)])
-        hashes = np.concatenate([hashes_a, hashes_b])
-        in_b = np.r_[np.zeros(len(hashes_a), dtype=bool), np.ones(len(hashes_b), dtype=bool)]
-        order = np.argsort(hashes)
-        order = order[np.argsort(pairs[order], kind="stable")]
-        pairs, hashes, in_b = pairs[order], hashes[order], in_b[order]
-        runs = np.flatnonzero(np.r_[True, (pairs[1:] != pairs[:-1]) | (hashes[1:] != hashes[:-1])])
-        run_in_a, run_in_b = ~np.logical_and.reduceat(in_b, runs), np.logical_or.reduceat(in_b, runs)
-        run_pairs = pairs[runs]
-        intersection = np.bincount(run_pairs[run_in_a & run_in_b], minlength=size)
-        union = (np.bincount(run_pairs[run_in_a], minlength=size) + np.bincount(run_pairs[run_in_b], minlength=size)
-                 - intersection)
-        np.divide(intersection, union, out=similarities[start:end], where=union > 0)
-    return similarities
-
-
-def pair_similarities(texts_a: Sequence[str], texts_b: Sequence[str], settings: LshSettings) -> np.ndarray:
-    """The Jaccard similarity verification compares with the threshold: exact, or the MinHash estimate
-    (signatures recomputed from the texts, bit for bit those of the banding)."""
-    if settings.verification == "exact":
-        return exact_jaccard_of_text_pairs(texts_a, texts_b, settings.ngram, settings.shingle)
-    signatures = [minhash_signatures(texts, settings.num_perm, settings.seed, settings.ngram, settings.shingle,
-                                     settings.scheme) for texts in (texts_a, texts_b)]
-    return np.asarray(estimated_jaccard(*signatures), dtype=np.float64).reshape(-1)
-
-
-def similarity_batches(batches: Iterable[pa.RecordBatch], settings: LshSettings) -> Iterator[pa.RecordBatch]:
-    """``(doc_a, doc_b, text_a, text_b)`` batches -> ``(doc_a, doc_b, similarity)``."""
-    for batch in batches:
-        texts_a = batch.column("text_a").fill_null("").to_pylist()
-        texts_b = batch.column("text_b").fill_null("").to_pylist()
-        similarity = pa.array(pair_similarities(texts_a, texts_b, settings), type=pa.float64())
-        yield pa.RecordBatch.from_arrays([batch.column("doc_a"), batch.column("doc_b"), similarity],
-                                         names=["doc_a", "doc_b", "similarity"])
-
-
-def bucket_pair_batches(batches: Iterable[pa.RecordBatch], max_bucket_size: int) -> Iterator[pa.RecordBatch]:
-    """All ``(doc_id, hash, is_new)`` rows of one partition (every row of a bucket is in the same partition)
-    -> ``(doc_a, doc_b)`` pairs that share a hash, by :func:`udfs.lsh.candidate_pairs` itself: rows are
-    sorted by doc_id so that a giant bucket's first member is its smallest doc_id, as in the reference.
-    Band keys are seeded with the band index, so equal hashes mean equal (band, hash)."""
-    batches = [batch for batch in batches if batch.num_rows]
-    if not batches:
-        return
-    table = pa.Table.from_batches(batches)
-    table = table.take(pc.sort_indices(table, sort_keys=[("doc_id", "ascending")]))
-    keys = table.column("hash").to_numpy().view(np.uint64).reshape(-1, 1)
-    pairs = lsh_candidate_pairs(keys, max_bucket_size)
-    is_new = table.column("is_new").to_numpy(zero_copy_only=False)
-    pairs = pairs[is_new[pairs[:, 0]] | is_new[pairs[:, 1]]]
-    doc_ids = table.column("doc_id").combine_chunks()
-    for start in range(0, len(pairs), _PAIRS_PER_BATCH):
-        chunk = pairs[start : start + _PAIRS_PER_BATCH]
-        yield pa.RecordBatch.from_arrays([doc_ids.take(chunk[:, 0]), doc_ids.take(chunk[:, 1])],
-                                         names=["doc_a", "doc_b"])
-
-
 # --- Spark stages --------------------------------------------------------------------------------
 
 def document_band_hashes(texts: DataFrame, settings: LshSettings) -> DataFrame:
     """``(doc_id, band_hashes)`` of every ``(doc_id, text)`` row, computed in Arrow batches."""
-    return texts.select("doc_id", "text").mapInArrow(lambda batches: band_hash_batches(batches, settings),
+    return texts.select("doc_id", "text").mapInArrow(partial(band_hash_batches, settings=settings),
                                                      BAND_HASHES_SCHEMA)
 
 
@@ -241,25 +96,32 @@ def candidate_pairs(new_keys: DataFrame, indexed_keys: DataFrame | None, max_buc
         touched = indexed_keys.join(new_keys.select("band", "hash").distinct(), ["band", "hash"], "left_semi")
         rows = rows.unionByName(touched.select("doc_id", "hash", F.lit(False).alias("is_new")))
     return (rows.repartition(partitions, "hash")
-            .mapInArrow(lambda batches: bucket_pair_batches(batches, max_bucket_size), PAIRS_SCHEMA)
+            .mapInArrow(partial(bucket_pair_batches, max_bucket_size=max_bucket_size), PAIRS_SCHEMA)
             .distinct())
 
 
-def _small_enough_to_broadcast(ids: DataFrame) -> DataFrame:
-    """``ids`` with a broadcast hint when there are few enough of them: a semi-join with the texts then
-    filters them where they are read instead of shuffling every text."""
-    return F.broadcast(ids) if ids.count() <= _BROADCAST_IDS else ids
+def _broadcast_if_few(ids: DataFrame, at_most: int) -> DataFrame:
+    """``ids`` (rows keyed by document id, at most ``at_most`` of them) with a broadcast hint when there are
+    few enough: a join with the texts then selects them where they are read instead of shuffling every
+    text. The bound comes from a count the caller has anyway, so no extra Spark job counts ``ids``."""
+    return F.broadcast(ids) if at_most <= _BROADCAST_IDS else ids
 
 
 def verify_pairs(pairs: DataFrame, texts: DataFrame, settings: LshSettings) -> DataFrame:
-    """``(doc_a, doc_b, similarity)`` of the candidate pairs whose similarity is at least the threshold."""
-    involved = pairs.select(F.col("doc_a").alias("doc_id")).unionByName(
-        pairs.select(F.col("doc_b").alias("doc_id"))).distinct()
-    needed = texts.select("doc_id", "text").join(_small_enough_to_broadcast(involved), "doc_id", "left_semi")
-    with_texts = (pairs.join(needed.select(F.col("doc_id").alias("doc_a"), F.col("text").alias("text_a")), "doc_a")
-                  .join(needed.select(F.col("doc_id").alias("doc_b"), F.col("text").alias("text_b")), "doc_b")
-                  .select("doc_a", "doc_b", "text_a", "text_b"))
-    scored = with_texts.mapInArrow(lambda batches: similarity_batches(batches, settings), SIMILARITY_SCHEMA)
+    """``(doc_a, doc_b, similarity)`` of the candidate pairs whose similarity is at least the threshold.
+    ``pairs`` should be materialised (its count is read to choose the join).
+
+    Each pair becomes two rows, doc_a's text and doc_b's, from one join of the texts with the pairs
+    (broadcast while there are few enough pairs: every text is then read where it lies and only the
+    needed ones move); one shuffle by pair, sorted within partitions, puts a pair's two texts next to each
+    other for :func:`udfs.neardup.paired_text_similarity_batches`. Measured on the 100k benchmark, ~1 s
+    less than two joins of the pairs with the texts (docs/dedup.md)."""
+    sides = pairs.select(F.col("doc_a").alias("doc_id"), "doc_a", "doc_b", F.lit(0).alias("side")).unionByName(
+        pairs.select(F.col("doc_b").alias("doc_id"), "doc_a", "doc_b", F.lit(1).alias("side")))
+    rows = (texts.select("doc_id", "text").join(_broadcast_if_few(sides, 2 * pairs.count()), "doc_id")
+            .select("doc_a", "doc_b", "side", "text")
+            .repartition("doc_a", "doc_b").sortWithinPartitions("doc_a", "doc_b", "side"))
+    scored = rows.mapInArrow(partial(paired_text_similarity_batches, settings=settings), SIMILARITY_SCHEMA)
     return scored.where(F.col("similarity") >= settings.threshold)
 
 
@@ -292,14 +154,20 @@ def merge_clusters(edges: DataFrame, previous: DataFrame | None) -> tuple[DataFr
 
 def choose_representatives(silver: DataFrame, clusters: DataFrame) -> DataFrame:
     """``(doc_id, near_duplicate_cluster_id, duplicate_of, duplicate_reason)`` for every clustered document:
-    the first member by :func:`survivor_order` is kept, the others point at it."""
+    the first member by :func:`survivor_order` is kept, the others point at it.
+
+    ``clusters`` should be materialised: its count decides whether it, and the marks (one per clustered
+    document), are broadcast, so that neither joining them to silver here nor :func:`with_marks` shuffles
+    silver's rows (texts, embeddings) - 2 s of the 100k benchmark's 20 when they did."""
+    clustered = clusters.count()
     ordered = Window.partitionBy("near_duplicate_cluster_id").orderBy(*survivor_order())
-    members = silver.join(clusters, "doc_id")
+    members = silver.join(_broadcast_if_few(clusters, clustered), "doc_id")
     is_duplicate = F.row_number().over(ordered) > 1
-    return members.select(
+    marks = members.select(
         "doc_id", "near_duplicate_cluster_id",
         F.when(is_duplicate, F.first("doc_id").over(ordered)).alias("duplicate_of"),
         F.when(is_duplicate, F.lit(REASON)).alias("duplicate_reason"))
+    return _broadcast_if_few(marks, clustered)
 
 
 def with_marks(silver: DataFrame, marks: DataFrame | None) -> DataFrame:
@@ -333,8 +201,8 @@ def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFra
         new_texts, indexed_keys, previous = texts, None, None
     else:
         indexed_docs = index.where(F.col("band") == 0).select("doc_id", "near_duplicate_cluster_id")
-        new_texts = texts.join(_small_enough_to_broadcast(
-            texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti")), "doc_id", "left_semi")
+        new_texts = texts.join(_broadcast_if_few(texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti"),
+                                                 texts.count()), "doc_id", "left_semi")
         indexed_keys = index.where(F.col("hash").isNotNull()).select("doc_id", "band", "hash")
         previous = indexed_docs.where(F.col("near_duplicate_cluster_id").isNotNull())
     seconds: dict[str, float] = {}
@@ -348,8 +216,7 @@ def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFra
     signed = document_band_hashes(new_texts, settings).localCheckpoint()
     lap("signatures")
     new_keys = explode_bands(signed).where(F.col("hash").isNotNull())
-    shuffle_partitions = int(texts.sparkSession.conf.get("spark.sql.shuffle.partitions"))
-    partitions = max(shuffle_partitions, -(-signed.count() * settings.bands // _BUCKET_ROWS_PER_PARTITION))
+    partitions = max(1, -(-signed.count() * settings.bands // _BUCKET_ROWS_PER_PARTITION))
     candidates = candidate_pairs(new_keys, indexed_keys, settings.max_bucket_size, partitions).localCheckpoint()
     lap("candidates")
     edges = verify_pairs(candidates, texts, settings).localCheckpoint()

@@ -10,9 +10,11 @@ import datetime as dt
 import json
 import random
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 import mlflow
 import numpy as np
+import pyarrow as pa
 import pytest
 from pyspark.sql import functions as F
 
@@ -31,6 +33,7 @@ from udfs.lsh import (
     near_duplicate_pairs,
 )
 from udfs.minhash import exact_jaccard, is_empty_signature, minhash_signatures, shingles
+from udfs.neardup import exact_jaccard_of_text_pairs, pair_similarities, paired_text_similarity_batches
 
 pytestmark = pytest.mark.spark
 
@@ -81,7 +84,28 @@ def test_exact_jaccard_of_text_pairs_equals_jaccard_of_byte_shingles(corpus):
     for ngram, kind in ((5, "word"), (3, "word"), (7, "char")):
         expected = [exact_jaccard(set(shingles(a, ngram, kind)), set(shingles(b, ngram, kind)))
                     for a, b in zip(texts_a, texts_b, strict=True)]
-        assert neardup.exact_jaccard_of_text_pairs(texts_a, texts_b, ngram, kind).tolist() == expected
+        assert exact_jaccard_of_text_pairs(texts_a, texts_b, ngram, kind).tolist() == expected
+
+
+def test_paired_text_similarity_pairs_adjacent_rows_across_batch_boundaries(corpus):
+    """Each pair's two rows (side 0, side 1) are adjacent; a pair split between two batches is completed
+    from the carried row, and a pair missing one side gives nothing."""
+    _, texts = corpus
+    # doc_b drops the first 5*i words of doc_a: every pair has its own, non-zero similarity.
+    pairs = [(f"a{i:02d}", f"b{i:02d}", texts[i], " ".join(texts[i].split()[5 * i:])) for i in range(9)]
+    rows = [(a, b, side, text) for a, b, text_a, text_b in pairs for side, text in ((0, text_a), (1, text_b))]
+    rows.insert(8, ("a03x", "b03x", 0, texts[20]))  # doc_b's text is missing: no similarity for this pair
+    columns = list(zip(*rows, strict=True))
+    table = pa.table({"doc_a": columns[0], "doc_b": columns[1], "side": pa.array(columns[2], pa.int32()),
+                      "text": columns[3]})
+    batches = table.to_batches(max_chunksize=3)  # boundaries fall between the two rows of several pairs
+    assert any(batch.column("side")[-1].as_py() == 0 for batch in batches)
+    out = pa.Table.from_batches(list(paired_text_similarity_batches(batches, SETTINGS)))
+    expected = pair_similarities([p[2] for p in pairs], [p[3] for p in pairs], SETTINGS)
+    assert out.column("doc_a").to_pylist() == [p[0] for p in pairs]
+    assert out.column("doc_b").to_pylist() == [p[1] for p in pairs]
+    assert out.column("similarity").to_pylist() == expected.tolist()
+    assert len(set(expected.tolist())) == len(pairs) and min(expected) > 0
 
 
 @pytest.mark.parametrize(("verification", "reference_verification"), [("exact", "shingles"),
@@ -89,7 +113,7 @@ def test_exact_jaccard_of_text_pairs_equals_jaccard_of_byte_shingles(corpus):
 def test_spark_clusters_equal_the_single_process_reference(corpus, corpus_frame, verification,
                                                            reference_verification):
     ids, texts = corpus  # ids are in sorted order, so "first member of a bucket" means the same in both
-    settings = neardup.LshSettings(**{**neardup.asdict(SETTINGS), "verification": verification})
+    settings = replace(SETTINGS, verification=verification)
     found = neardup.find_near_duplicates(corpus_frame, settings)
     spark_clusters = {r["doc_id"]: r["near_duplicate_cluster_id"] for r in found.clusters.collect()}
     spark_edges = sorted((r["doc_a"], r["doc_b"]) for r in found.edges.collect())
@@ -134,7 +158,7 @@ def test_giant_bucket_links_members_to_its_smallest_doc_id_only(spark, corpus):
     variants = [" ".join(base[:-1] + [f"w{i}"]) for i in range(30)]
     ids = [f"g{i:02d}" for i in range(30)]
     frame = spark.createDataFrame(list(zip(ids, variants, strict=True)), "doc_id string, text string")
-    settings = neardup.LshSettings(**{**neardup.asdict(SETTINGS), "max_bucket_size": 5})
+    settings = replace(SETTINGS, max_bucket_size=5)
     found = neardup.find_near_duplicates(frame, settings)
 
     signatures = minhash_signatures(variants)
