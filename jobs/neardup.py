@@ -57,7 +57,9 @@ NEAR_DUPLICATE_COLUMNS = ("near_duplicate_cluster_id", "duplicate_of", "duplicat
 REASON = "near_duplicate"
 # Most document ids broadcast (~50 bytes each) to select texts (verification, new documents of a batch).
 _BROADCAST_IDS = 4_000_000
-# Bucket rows per partition of the candidate stage (each partition is sorted in memory, ~100 bytes a row).
+# Bucket rows per partition of the candidate stage: the partition count follows the data, not
+# spark.sql.shuffle.partitions. Each partition is sorted in memory (~100 bytes a row, ~0.5 s per 1M rows);
+# fewer, larger tasks cut the per-task Python overhead (100k docs: 2 partitions took 1.8 s, 8 took 2.5 s).
 _BUCKET_ROWS_PER_PARTITION = 2_000_000
 
 BAND_HASHES_SCHEMA = StructType([StructField("doc_id", StringType()),
