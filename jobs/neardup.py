@@ -55,7 +55,8 @@ from udfs.neardup import (
 
 NEAR_DUPLICATE_COLUMNS = ("near_duplicate_cluster_id", "duplicate_of", "duplicate_reason")
 REASON = "near_duplicate"
-# Most document ids broadcast (~50 bytes each) to select texts (verification, new documents of a batch).
+# Most rows keyed by document id (~50-100 bytes each) broadcast to join them where silver is read: the
+# pairs' side rows of verification, the new documents of a batch, clusters and their marks.
 _BROADCAST_IDS = 4_000_000
 # Bucket rows per partition of the candidate stage: the partition count follows the data, not
 # spark.sql.shuffle.partitions. Each partition is sorted in memory (~100 bytes a row, ~0.5 s per 1M rows);
@@ -105,7 +106,7 @@ def candidate_pairs(new_keys: DataFrame, indexed_keys: DataFrame | None, max_buc
 def _broadcast_if_few(ids: DataFrame, at_most: int) -> DataFrame:
     """``ids`` (rows keyed by document id, at most ``at_most`` of them) with a broadcast hint when there are
     few enough: a join with the texts then selects them where they are read instead of shuffling every
-    text. The bound comes from a count the caller has anyway, so no extra Spark job counts ``ids``."""
+    text. The bound is usually a count of a materialised frame, so no extra Spark job counts ``ids``."""
     return F.broadcast(ids) if at_most <= _BROADCAST_IDS else ids
 
 
@@ -203,8 +204,8 @@ def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFra
         new_texts, indexed_keys, previous = texts, None, None
     else:
         indexed_docs = index.where(F.col("band") == 0).select("doc_id", "near_duplicate_cluster_id")
-        new_texts = texts.join(_broadcast_if_few(texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti"),
-                                                 texts.count()), "doc_id", "left_semi")
+        new_ids = texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti")
+        new_texts = texts.join(_broadcast_if_few(new_ids, new_ids.count()), "doc_id", "left_semi")
         indexed_keys = index.where(F.col("hash").isNotNull()).select("doc_id", "band", "hash")
         previous = indexed_docs.where(F.col("near_duplicate_cluster_id").isNotNull())
     seconds: dict[str, float] = {}
