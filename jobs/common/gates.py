@@ -159,12 +159,15 @@ def check(cfg: Config, df: DataFrame, suite: str, log: RunLog, target: str,
 def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log: RunLog,
             write: Callable[[DataFrame, tables.TableRef], Any]) -> Any:
     """Gate (every suite named), then write: ``df`` is materialised once so the rows validated are the
-    rows written."""
+    rows written. A ``df`` the caller cached stays cached (the caller may read it again); one cached
+    here is released here."""
     ref = tables.table_ref(cfg, target)
-    staged = df.persist(StorageLevel.MEMORY_AND_DISK)
+    owned = not df.is_cached
+    staged = df.persist(StorageLevel.MEMORY_AND_DISK) if owned else df
     try:
         for name in [suite] if isinstance(suite, str) else suite:
             check(cfg, staged, name, log, str(ref))
         return write(staged, ref)
     finally:
-        staged.unpersist()
+        if owned:
+            staged.unpersist()
