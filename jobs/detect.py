@@ -32,7 +32,7 @@ from jobs.common.tracking import RunLog, configure
 from jobs.tokenizer import load_tokenizer
 from udfs.classifier import SCORE_COLUMNS, SPARK_RESULT_TYPE, DetectorBundle, DetectorParams, train_detector
 from udfs.text import content_hash, normalize_text
-from udfs.tokenizer import Tokenizer, train_tokenizer
+from udfs.tokenizer import cached_tokenizer, train_tokenizer
 from udfs.watermark import watermark_z_score
 
 PRODUCED = (*SCORE_COLUMNS, "watermark_z")
@@ -118,7 +118,7 @@ def load_detector(cfg: Config) -> DetectorBundle:
 def watermark_column(text, tokenizer_bytes: bytes, key: str, gamma: float):
     @pandas_udf("double")
     def z_score(texts: pd.Series) -> pd.Series:
-        tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
+        tokenizer = cached_tokenizer(tokenizer_bytes)
         ids = tokenizer.encode_ids(texts.fillna("").tolist())
         return pd.Series(watermark_z_score(ids, key, gamma, tokenizer.vocab_size))
 

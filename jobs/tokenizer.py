@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -20,7 +19,7 @@ from jobs.common.config import Config
 from jobs.common.runner import Step, job_main, last_run_id
 from jobs.common.schema import reference_first
 from jobs.common.tracking import RunLog
-from udfs.tokenizer import Tokenizer, train_tokenizer
+from udfs.tokenizer import Tokenizer, count_tokens, train_tokenizer
 
 ARTIFACT = "tokenizer/spm.model"
 
@@ -33,7 +32,7 @@ def reference_sample(silver: DataFrame, size: int) -> list[str]:
 def token_count_column(text, model_bytes: bytes):
     @pandas_udf("long")
     def count(texts: pd.Series) -> pd.Series:
-        return pd.Series(Tokenizer.from_bytes(model_bytes).count_tokens(texts.tolist()).astype(np.int64))
+        return pd.Series(count_tokens(texts.tolist(), model_bytes))
 
     return count(text)
 

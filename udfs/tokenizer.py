@@ -110,16 +110,17 @@ class Tokenizer:
 
 
 @functools.lru_cache(maxsize=4)
-def _loaded(model_bytes: bytes) -> Tokenizer:
-    # a pandas UDF calls the functions below once per Arrow batch: parse the model once per process
+def cached_tokenizer(model_bytes: bytes) -> Tokenizer:
+    """The tokenizer of the serialized model ``model_bytes``, parsed once per process: a pandas UDF
+    calls its function once per Arrow batch."""
     return Tokenizer(model_bytes)
 
 
 def count_tokens(texts: Sequence[str], model_bytes: bytes) -> np.ndarray:
     """Vectorised token count under the serialized model ``model_bytes``."""
-    return _loaded(model_bytes).count_tokens(texts)
+    return cached_tokenizer(model_bytes).count_tokens(texts)
 
 
 def encode_ids(texts: Sequence[str], model_bytes: bytes) -> list[np.ndarray]:
     """Vectorised encoding under the serialized model ``model_bytes``."""
-    return _loaded(model_bytes).encode_ids(texts)
+    return cached_tokenizer(model_bytes).encode_ids(texts)
