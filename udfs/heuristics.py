@@ -100,6 +100,9 @@ _NGRAM_COLUMNS = (*(f"gopher_top_{n}gram_char_fraction" for n in TOP_NGRAM_SIZES
 _DOCUMENT_COLUMNS = [name for name in SIGNAL_COLUMNS if name not in _NGRAM_COLUMNS]
 _INT_COLUMNS = frozenset({"gopher_word_count", "gopher_stop_word_count", "c4_kept_sentence_count"})
 _BOOL_COLUMNS = frozenset({"c4_has_lorem_ipsum", "c4_has_curly_bracket"})
+# The dtype of each signal column (the Spark wrapper derives its schema from it).
+SIGNAL_DTYPES = {name: "int64" if name in _INT_COLUMNS else "bool" if name in _BOOL_COLUMNS else "float64"
+                 for name in SIGNAL_COLUMNS}
 
 
 @dataclass(frozen=True)
@@ -258,9 +261,7 @@ def quality_signals(texts: Iterable[str | None]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records([_document_signals(text) for text in texts], columns=_DOCUMENT_COLUMNS)
     ngram_fractions = _ngram_repetition([_WORD_CHARS.findall(text.lower()) for text in texts])
     frame[list(_NGRAM_COLUMNS)] = ngram_fractions
-    return frame[list(SIGNAL_COLUMNS)].astype(
-        {name: "int64" if name in _INT_COLUMNS else "bool" if name in _BOOL_COLUMNS else "float64"
-         for name in SIGNAL_COLUMNS})
+    return frame[list(SIGNAL_COLUMNS)].astype(SIGNAL_DTYPES)
 
 
 def failed_quality_rules(

@@ -15,7 +15,6 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
-    DataType,
     DoubleType,
     FloatType,
     LongType,
@@ -24,7 +23,7 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from udfs.heuristics import SIGNAL_COLUMNS, quality_signals
+from udfs.heuristics import SIGNAL_DTYPES, quality_signals
 from udfs.langid import detect_language
 from udfs.quality import basic_signals
 
@@ -36,13 +35,8 @@ LANGUAGE_TYPE = StructType([StructField("detected_language", StringType()),
                             StructField("language_confidence", DoubleType())])
 
 
-def _heuristic_type(name: str) -> DataType:
-    if name in ("gopher_word_count", "gopher_stop_word_count", "c4_kept_sentence_count"):
-        return LongType()
-    return BooleanType() if name.startswith("c4_has_") else DoubleType()
-
-
-HEURISTICS_TYPE = StructType([StructField(name, _heuristic_type(name)) for name in SIGNAL_COLUMNS])
+_SPARK_TYPES = {"int64": LongType(), "bool": BooleanType(), "float64": DoubleType()}
+HEURISTICS_TYPE = StructType([StructField(name, _SPARK_TYPES[dtype]) for name, dtype in SIGNAL_DTYPES.items()])
 
 
 @pandas_udf(BASIC_SIGNALS_TYPE)
