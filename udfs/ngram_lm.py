@@ -346,8 +346,8 @@ def binoculars_ratio(id_sequences: Sequence[np.ndarray], lm: NGramLM) -> np.ndar
 def lm_signals(id_sequences: Sequence[np.ndarray], lm: NGramLM) -> tuple[np.ndarray, np.ndarray]:
     """(:func:`mean_log_likelihood`, :func:`binoculars_ratio`) from one pass over the tokens."""
     log_probs, entropies, lengths = lm.token_scores(id_sequences)
-    surprisal = -_per_sequence_sum(log_probs, lengths)
-    expected_surprisal = _per_sequence_sum(entropies, lengths)
+    surprisal = -per_sequence_sum(log_probs, lengths)
+    expected_surprisal = per_sequence_sum(entropies, lengths)
     mean_log_probability = np.full(lengths.size, np.nan)
     ratio = np.full(lengths.size, np.nan)
     scored = lengths > 0
@@ -356,7 +356,7 @@ def lm_signals(id_sequences: Sequence[np.ndarray], lm: NGramLM) -> tuple[np.ndar
     return mean_log_probability, ratio
 
 
-def _per_sequence_sum(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def per_sequence_sum(values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Sum of each sequence's slice of the flat ``values``. ``np.add.reduceat`` adds each slice on
     its own, so a document's score does not depend (even in the last bit) on its batch neighbours."""
     sums = np.zeros(lengths.size)

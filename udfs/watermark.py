@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import xxhash
 
+from udfs.ngram_lm import per_sequence_sum
+
 _FEISTEL_ROUNDS = 4
 _GOLDEN = 0x9E3779B97F4A7C15
 _UINT64 = 1 << 64
@@ -120,10 +122,8 @@ def watermark_z_score(token_id_sequences: Sequence[Sequence[int]], key: str | by
     scored = np.fromiter((p.shape[0] for p in pairs), dtype=np.int64, count=len(pairs))
     all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     green = is_green(all_pairs[:, 0], all_pairs[:, 1], key, gamma, vocab_size).astype(np.float64)
-    green_counts = np.zeros(len(pairs))
+    green_counts = per_sequence_sum(green, scored)
     has_tokens = scored > 0
-    if has_tokens.any():
-        green_counts[has_tokens] = np.add.reduceat(green, (np.cumsum(scored) - scored)[has_tokens])
     z = np.full(len(pairs), np.nan)
     expected = gamma * scored[has_tokens]
     z[has_tokens] = (green_counts[has_tokens] - expected) / np.sqrt(expected * (1.0 - gamma))
