@@ -13,10 +13,10 @@ help:  ## list targets
 
 setup: $(STAMP) jars  ## create .venv, install cleanwell[dev], fetch the Delta Lake JARs with mvn
 
-$(STAMP): setup.py
+$(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel setuptools
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[spark,s3,dev]'
 	$(BIN)/pip check
 	touch $(STAMP)
 

@@ -6,35 +6,35 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 
-def _yaml_files(folder: str) -> list[str]:
-    return [str(p.relative_to(HERE)) for p in sorted((HERE / folder).glob("*.yaml"))]
-
-# Pinned as a set: these versions install together with a clean `pip check`
-# and were exercised together (pandas UDFs, GX on Spark DataFrames, MLflow on sqlite).
-# delta-spark 4.4.0, not 4.4.1: Maven Central does not serve the 4.4.1 JAR here.
+# Ranges, not pins: a Databricks or cluster install must keep the runtime's own pandas, pyarrow, mlflow
+# and numpy where they fall in range. The exact set that was tested together lives in
+# constraints.txt, which `make setup`, `make package` and CI install with (`pip install -c`).
 INSTALL_REQUIRES = [
-    "pyspark==4.1.4",
-    "delta-spark==4.4.0",
-    "great-expectations==1.24.1",
-    "mlflow==3.17.2",
-    "pandas==3.1.1",
-    "pyarrow==25.0.1",
-    "numpy==2.4.6",
-    "scipy==1.17.1",
-    "scikit-learn==1.9.1",
-    "matplotlib==3.11.2",
-    "datasketch==2.0.0",
-    "sentencepiece==0.2.3",
-    "xxhash==4.1.0",
-    "PyYAML==6.0.4",
-    "pydantic==2.14.4",
-    "click==8.5.1",
-    "py3langid==0.4.0",
+    "great-expectations>=1.3,<2",
+    "mlflow>=2.16,<4",
+    "pandas>=2.1,<4",
+    "pyarrow>=15",
+    "numpy>=1.26,<3",
+    "scipy>=1.11",
+    "scikit-learn>=1.4",
+    "matplotlib>=3.8",
+    "datasketch>=1.6,<3",
+    "sentencepiece>=0.2",
+    "xxhash>=3.4",
+    "PyYAML>=6",
+    "pydantic>=2.6,<3",
+    "click>=8.1",
+    "py3langid>=0.2.2",
+    "fsspec>=2024.2",
 ]
 
 EXTRAS = {
-    "dev": ["pytest==9.2.0", "ruff==0.17.6"],
-    "airflow": ["apache-airflow==3.3.2"],
+    # Spark and Delta come with the platform on a cluster (Databricks Runtime, a Spark distribution);
+    # a laptop, CI and the spark-submit launcher's driver install them from here.
+    # delta-spark 4.4.0, not 4.4.1: Maven Central does not serve the 4.4.1 JAR here.
+    "spark": ["pyspark>=4.0,<4.2", "delta-spark>=4.0,<4.5"],
+    "s3": ["s3fs>=2024.2"],
+    "dev": ["pytest>=8", "ruff>=0.6", "venv-pack2>=0.9"],
     "embeddings": ["sentence-transformers"],
 }
 
@@ -46,13 +46,11 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*"]),
-    # conf/ ships with the wheel so `spark-submit` and Databricks installs find the defaults.
-    data_files=[
-        ("share/cleanwell/conf", _yaml_files("conf")),
-        ("share/cleanwell/conf/mixtures", _yaml_files("conf/mixtures")),
-        ("share/cleanwell/conf/expectations", _yaml_files("conf/expectations")),
-    ],
+    # conf/ (base.yaml, mixtures, expectation suites, log4j2) is package data of `jobs.conf`, read with
+    # importlib.resources, so a wheel on --py-files or a Databricks library finds its defaults.
+    packages=[*find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*"]), "jobs.conf"],
+    package_dir={"jobs.conf": "conf"},
+    package_data={"jobs.conf": ["*.yaml", "*.properties", "mixtures/*.yaml", "expectations/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["cleanwell = jobs.cli:main"]},
