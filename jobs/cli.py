@@ -6,7 +6,7 @@ import click
 from jobs import pipeline
 from jobs.common.config import config_docs, load_config
 from jobs.common.runner import config_options, run_guarded, step_command
-from jobs.common.session import fetch_jars
+from jobs.common.session import ALWAYS, JAR_SETS, fetch_jars
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -25,9 +25,13 @@ for _step in pipeline.STEPS:
 
 
 @cli.command(name="fetch-jars")
-def fetch_jars_command() -> None:
-    """Fetch the Delta Lake JARs from Maven Central into ~/.m2 with mvn (once; Spark then runs offline)."""
-    run_guarded(lambda: [click.echo(f"ok: {p}") for p in fetch_jars()])
+@click.option("--with", "jar_sets", multiple=True, type=click.Choice([s for s in JAR_SETS if s not in ALWAYS]),
+              help="Also fetch this JAR set (repeatable): s3 = Hadoop S3A + AWS SDK v2 modules, for s3:// and "
+                   "s3a:// paths; sessions load it when `spark.jar_sets` names it.")
+def fetch_jars_command(jar_sets: tuple[str, ...]) -> None:
+    """Fetch the Delta Lake JARs (and --with sets) from Maven Central into ~/.m2 with mvn (once; Spark then
+    runs offline)."""
+    run_guarded(lambda: [click.echo(f"ok: {p}") for p in fetch_jars(jar_sets)])
 
 
 @cli.command(name="config")
@@ -61,8 +65,9 @@ def train_detector_command(config_files: tuple[str, ...], overrides: tuple[str, 
 
 @cli.command(name="eval-detector")
 @config_options
-@click.option("--input", "inputs", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False),
-              help="M4-format JSONL (`human_text`, `machine_text` per line); repeatable.")
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+              help="M4-format JSONL (`human_text`, `machine_text` per line), local or a URI such as s3://…; "
+                   "repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def eval_detector_command(config_files: tuple[str, ...], overrides: tuple[str, ...], inputs: tuple[str, ...],
                           as_json: bool) -> None:

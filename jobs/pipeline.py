@@ -7,7 +7,7 @@ from jobs import dedup, detect, embed, ingest, neardup, quality, report, sample,
 from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
-from jobs.common.runner import StepOutcome, config_options, execute, run_guarded
+from jobs.common.runner import StepOutcome, config_options, execute, pipeline_run_id_option, run_guarded
 from jobs.common.session import get_spark
 from jobs.common.tracking import pipeline_run, tracking_uri
 
@@ -33,21 +33,21 @@ def run_pipeline(cfg: Config, steps: list[str] | None = None, force: bool = Fals
 
 def echo_locations(cfg: Config) -> None:
     """Where a user finds the results, whether the steps ran now or earlier."""
-    from pathlib import Path
-
+    from jobs.common import storage
     from jobs.common.config import load_mixture
 
     uri = tracking_uri(cfg)
     click.echo(f"  gold table:  {tables.table_ref(cfg, 'gold')}")
-    manifest = Path(cfg.sample.manifest_dir) / load_mixture(cfg.sample.mixture).name / "latest.json"
+    manifest = storage.join(cfg.sample.manifest_dir, load_mixture(cfg.sample.mixture).name, "latest.json")
     click.echo(f"  manifest:    {manifest}")
-    click.echo(f"  report:      {Path(cfg.report.dir) / 'latest.html'}")
+    click.echo(f"  report:      {storage.join(cfg.report.dir, 'latest.html')}")
     click.echo(f"  MLflow:      mlflow ui --backend-store-uri {uri}")
 
 
 @click.command(name="run", help=f"Run the pipeline ({', '.join(STEP_NAMES)}). Steps whose inputs and config "
                                 "are unchanged since their last successful run are skipped.")
 @config_options
+@pipeline_run_id_option
 @click.option("--steps", help=f"Comma-separated subset of: {','.join(STEP_NAMES)}.")
 @click.option("--force", is_flag=True, help="Rerun steps even when they are up to date.")
 def command(config_files: tuple[str, ...], overrides: tuple[str, ...], steps: str | None, force: bool) -> None:

@@ -12,14 +12,13 @@ import datetime as dt
 import html
 import io
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common import tables
+from jobs.common import storage, tables
 from jobs.common.config import Config
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
@@ -183,12 +182,10 @@ img{{max-width:100%}}</style></head><body>
 
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     page, facts = build_report(spark, cfg)
-    folder = Path(cfg.report.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"report-{log.run_id}.html"
-    path.write_text(page, encoding="utf-8")
-    (folder / "latest.html").write_text(page, encoding="utf-8")
-    log.artifact_file(path, "report")
+    path = storage.join(cfg.report.dir, f"report-{log.run_id}.html")
+    storage.write_text(path, page)
+    storage.write_text(storage.join(cfg.report.dir, "latest.html"), page)
+    log.artifact_text(page, f"report/report-{log.run_id}.html")
     log.artifact_json(facts, "report/facts.json")
     return {"report": str(path)}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +32,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from jobs.common import gates, tables
+from jobs.common import gates, storage, tables
 from jobs.common.config import Config, MixtureConfig, config_hash, load_mixture
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
@@ -390,28 +389,27 @@ def build_manifest(spark: SparkSession, cfg: Config, mixture: MixtureConfig, gol
     }
 
 
-def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], log: RunLog) -> Path:
-    folder = Path(cfg.sample.manifest_dir) / manifest["mixture"]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{manifest['run_id']}.json"
+def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], log: RunLog) -> str:
+    folder = storage.join(cfg.sample.manifest_dir, manifest["mixture"])
+    path = storage.join(folder, f"{manifest['run_id']}.json")
     text = json.dumps(manifest, indent=2, default=str)
-    path.write_text(text, encoding="utf-8")
-    (folder / "latest.json").write_text(text, encoding="utf-8")
+    storage.write_text(path, text)
+    storage.write_text(storage.join(folder, "latest.json"), text)
     row = [(manifest["run_id"], manifest["mixture"], manifest["config_hash"], manifest["inputs"]["silver"]["version"],
             manifest["gold_version"], manifest["token_budget"], manifest["tokens"], manifest["documents"],
             json.dumps(manifest, default=str), dt.datetime.now(dt.UTC))]
     schema = ("run_id string, mixture string, config_hash string, silver_version long, gold_version long, "
               "token_budget long, tokens long, documents long, manifest string, created_at timestamp")
     tables.append(spark.createDataFrame(row, schema), tables.table_ref(cfg, "manifests"), run_id=log.run_id)
-    log.artifact_file(path, "manifest")
+    log.artifact_text(text, f"manifest/{manifest['run_id']}.json")
     return path
 
 
-def export_shards(gold: DataFrame, mixture: MixtureConfig, run_id: str) -> str | None:
+def export_shards(gold: DataFrame, cfg: Config, mixture: MixtureConfig, run_id: str) -> str | None:
     e = mixture.export
     if e.format == "none":
         return None
-    path = str(Path(e.dir) / mixture.name / run_id)
+    path = storage.join(e.dir or storage.join(tables.lake_root(cfg), "exports"), mixture.name, run_id)
     shards = gold.select(*e.columns).repartition(e.shards, "doc_id").sortWithinPartitions("doc_id", "epoch")
     writer = shards.write.mode("overwrite")
     writer.json(path) if e.format == "jsonl" else writer.parquet(path)
@@ -458,7 +456,7 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     manifest = build_manifest(spark, cfg, mixture, gold, eligible, input_versions(spark, cfg, silver_version),
                               excluded, summary, group_targets, cell_targets, validation, log.run_id)
     manifest["gold_version"] = gold_version
-    manifest["export"] = export_shards(gold, mixture, log.run_id)
+    manifest["export"] = export_shards(gold, cfg, mixture, log.run_id)
     path = write_manifest(spark, cfg, manifest, log)
     judged.unpersist()
     gold.unpersist()

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 # Before any cleanwell module is imported: a developer's MLFLOW_TRACKING_URI must not receive test runs.
-os.environ.pop("MLFLOW_TRACKING_URI", None)
+for _variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "CLEANWELL_PIPELINE_RUN_ID"):
+    os.environ.pop(_variable, None)
+# MLflow 3 sends usage telemetry unless told not to (it checks PYTEST_CURRENT_TEST only at import, which
+# collection does first); tests talk to loopback only, and subprocesses inherit this.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+pytest_plugins = ["tests.mlflow_server", "tests.servers", "tests.s3"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "conf" / "demo.yaml"

@@ -12,41 +12,18 @@ import copy
 import datetime as dt
 import hashlib
 import json
-import os
-import sys
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jobs.common import storage
 from jobs.common.errors import ConfigError
 
 DOCUMENT_FIELDS = (
     "text", "url", "domain", "language", "license", "created_at", "crawled_at", "origin", "generator",
 )
 ORIGINS = ("human", "synthetic", "unknown")
-
-
-def conf_dir() -> Path:
-    """The bundled conf/ folder: beside the packages in a checkout, under share/ in a wheel install."""
-    env = os.environ.get("CLEANWELL_CONF_DIR")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[2] / "conf", Path(sys.prefix) / "share" / "cleanwell" / "conf"]
-    for candidate in candidates:
-        if (candidate / "base.yaml").is_file():
-            return candidate
-    raise ConfigError(f"cannot find conf/base.yaml; looked in {', '.join(map(str, candidates))}")
-
-
-def resolve_conf_path(path: str) -> Path:
-    """A config-referenced file: as given (relative to the working directory) if it exists,
-    else relative to the bundled conf/ folder's parent, so installed wheels find their defaults."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    bundled = conf_dir().parent / path
-    return bundled if bundled.exists() else p
 
 
 # Marks a key that says where an output goes, not what it contains: it is left out of the config hash
@@ -64,6 +41,10 @@ class SparkConfig(Model):
     app_name: str = Field("cleanwell", description="Spark application name for sessions cleanwell builds.")
     jars: list[str] = Field(default_factory=list, description="Explicit JAR paths for a session cleanwell builds. "
                             "Empty: the Delta Lake JARs resolved by `cleanwell fetch-jars` from ~/.m2.")
+    jar_sets: list[Literal["delta", "s3"]] = Field(
+        default_factory=list, description="JAR sets added to a session cleanwell builds, besides Delta (always): "
+        "`s3` is Hadoop S3A with the AWS SDK v2 modules it needs, and maps `s3://` to S3A too. Fetch them once "
+        "with `cleanwell fetch-jars --with s3`. Ignored under spark-submit and Databricks (their JARs rule).")
     log_level: str = Field("ERROR", description="Spark log level (driver) for sessions cleanwell builds.")
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark properties for sessions cleanwell "
                                  "builds (merged over the local defaults in base.yaml).")
@@ -101,7 +82,13 @@ class TrackingConfig(Model):
                      "variable overrides it.")
     experiment: str = Field("cleanwell", description="MLflow experiment name.")
     artifact_root: str = Field("./mlartifacts", description="Artifact location given to the experiment when "
-                               "cleanwell creates it (ignored for an existing experiment).")
+                               "cleanwell creates it (ignored for an existing experiment). With a tracking "
+                               "server (`http(s)://`, `databricks`) a local path is ignored and the server "
+                               "chooses (proxied artifacts: `mlflow server --artifacts-destination`); a URI "
+                               "such as `s3://bucket/mlflow` is used as given.")
+    registry_uri: str | None = Field(None, description="MLflow model registry URI (e.g. `databricks-uc`, or a "
+                                     "second server); unset, MLflow uses the tracking store. The "
+                                     "MLFLOW_REGISTRY_URI environment variable overrides it.")
 
 
 class ProvenanceConfig(Model):
@@ -343,8 +330,8 @@ class SyntheticConfig(Model):
 class ExportConfig(Model):
     format: Literal["jsonl", "parquet", "none"] = Field("jsonl", description="Shards for a trainer, or none.")
     shards: int = Field(4, ge=1, description="Number of shard files.")
-    dir: str = Field("./lake/exports", description="Shards go to <dir>/<mixture>/<run_id>/.",
-                     json_schema_extra={"output_location": True})
+    dir: str | None = Field(None, description="Shards go to <dir>/<mixture>/<run_id>/; unset: <lake.root>/exports, "
+                            "so the shards follow the lake.", json_schema_extra={"output_location": True})
     columns: list[str] = Field(default_factory=lambda: ["doc_id", "text", "source", "origin", "effective_origin",
                                                         "license", "n_tokens", "epoch"],
                                description="Columns written to the shards.")
@@ -397,11 +384,10 @@ class MixtureConfig(Model):
 
 
 def load_mixture(path: str) -> MixtureConfig:
-    resolved = resolve_conf_path(path)
     try:
-        return MixtureConfig.model_validate(_read_yaml(resolved))
+        return MixtureConfig.model_validate(_read_yaml(path))
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, f"mixture {resolved}")) from None
+        raise ConfigError(_format_validation_error(exc, f"mixture {path}")) from None
 
 
 class GatesConfig(Model):
@@ -468,11 +454,14 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_yaml(path: str, text: str | None = None) -> dict:
+    """A YAML mapping from any path the storage layer reads (local, URI, or bundled ``conf/...``)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(storage.read_text(path) if text is None else text) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, ImportError, ValueError) as exc:  # no fsspec driver for the scheme, no access, ...
+        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -514,9 +503,10 @@ def _format_validation_error(exc: ValidationError, origin: str) -> str:
 
 def load_config(config_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """base.yaml, then each config file, then key=value overrides -> validated :class:`Config`."""
-    tree = _read_yaml(conf_dir() / "base.yaml")
+    # Always the installed package's defaults, never a conf/base.yaml that happens to be in the cwd.
+    tree = _read_yaml("base.yaml (bundled)", storage.bundled_conf("base.yaml").read_text(encoding="utf-8"))
     for file in config_files:
-        tree = _deep_merge(tree, _read_yaml(resolve_conf_path(file)))
+        tree = _deep_merge(tree, _read_yaml(file))
     for item in overrides:
         keys, value = parse_override(item)
         _set_dotted(tree, keys, value)

@@ -13,15 +13,14 @@ import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
-from jobs.common import tables
-from jobs.common.config import Config, resolve_conf_path
+from jobs.common import storage, tables
+from jobs.common.config import Config
 from jobs.common.errors import ConfigError, GateFailed
 from jobs.common.tracking import RunLog
 
@@ -72,10 +71,11 @@ def _substitute(value: Any, params: dict[str, Any], where: str) -> Any:
 
 
 def load_suite(cfg: Config, suite: str, params: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
-    path = resolve_conf_path(str(Path(cfg.gates.suites_dir) / f"{suite}.yaml"))
-    if not path.is_file():
-        raise ConfigError(f"expectation suite `{suite}` not found at {path}")
-    items = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    path = storage.join(cfg.gates.suites_dir, f"{suite}.yaml")
+    try:
+        items = yaml.safe_load(storage.read_text(path)) or []
+    except FileNotFoundError:
+        raise ConfigError(f"expectation suite `{suite}` not found at {path}") from None
     specs = []
     for number, item in enumerate(items, start=1):
         if not (isinstance(item, dict) and len(item) == 1):

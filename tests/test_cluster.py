@@ -1,0 +1,104 @@
+"""`make package`'s output submitted to a real Spark standalone cluster from a folder with no checkout."""
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from jobs.common import tables
+from tests.conftest import lake_overrides
+from tests.servers import Package, SparkCluster, clean_environment
+
+# What a user passes to spark-submit besides the package (README "Running on a Spark cluster"). The
+# shuffle and parallelism settings are the ones a local session gets from conf/base.yaml (spark.conf is
+# applied only to sessions cleanwell builds), so the cluster run can be compared with the local one.
+SPARK_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    "spark.pyspark.python": "./env/bin/python",
+    "spark.pyspark.driver.python": "env/bin/python",
+    "spark.sql.shuffle.partitions": "4",
+    "spark.default.parallelism": "8",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.ui.enabled": "false",
+    "spark.driver.host": "127.0.0.1",  # the test cluster listens on loopback only
+    "spark.driver.memory": "2g",
+    "spark.executor.memory": "1500m",
+}
+
+# Where each executor's Python and cleanwell came from.
+PROBE = """
+import json, sys
+from pyspark.sql import SparkSession
+
+def where(_):
+    import jobs
+    import pyarrow
+    return json.dumps({"prefix": sys.prefix, "jobs": jobs.__file__, "pyarrow": pyarrow.__file__})
+
+spark = SparkSession.builder.getOrCreate()
+print("PROBE " + json.dumps(sorted(set(spark.sparkContext.parallelize(range(8), 8).map(where).collect()))))
+spark.stop()
+"""
+
+
+def submit(cluster: SparkCluster, app: Package, *args: str) -> subprocess.CompletedProcess:
+    """spark-submit as README documents it, run inside the copied package folder."""
+    cmd = [str(cluster.spark_home / "bin" / "spark-submit"), "--master", cluster.master_url,
+           "--archives", f"{app.env.name}#env", "--jars", ",".join(f"jars/{j.name}" for j in app.jars),
+           "--py-files", ",".join([app.pyfiles.name, *(f"jars/{j.name}" for j in app.jars if "delta-spark" in j.name)])]
+    for key, value in SPARK_CONF.items():
+        cmd += ["--conf", f"{key}={value}"]
+    proc = subprocess.run([*cmd, *args], cwd=app.folder, env=clean_environment(SPARK_LOCAL_IP="127.0.0.1"),
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def installed_app(packaged: Package, tmp_path_factory) -> Package:
+    """dist/ copied to a temp folder, the environment unpacked beside it for the driver."""
+    app = packaged.copy_to(tmp_path_factory.mktemp("no-checkout") / "cleanwell")
+    with tarfile.open(app.env) as archive:
+        archive.extractall(app.folder / "env", filter="tar")
+    return app
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_packaged_pipeline_on_a_standalone_cluster_gives_the_local_gold(spark_cluster, installed_app, demo, spark,
+                                                                         tmp_path):
+    out = tmp_path / "out"
+    proc = submit(spark_cluster, installed_app, installed_app.launcher.name, "run", "--config", "conf/demo.yaml",
+                  *lake_overrides(out)[:-1])
+    assert "pipeline finished: 9 step(s) ran" in proc.stdout, proc.stdout[-3000:]
+
+    local_cfg, _, _ = demo
+    cluster_gold = tables.read_table(spark, tables.TableRef("gold", str(out / "lake" / "gold_mixture"), True))
+    local_gold = tables.read_table(spark, tables.table_ref(local_cfg, "gold"))
+    ids = sorted(r["doc_id"] for r in cluster_gold.select("doc_id").collect())
+    assert ids and ids == sorted(r["doc_id"] for r in local_gold.select("doc_id").collect())
+    assert json.loads((out / "manifests" / "demo" / "latest.json").read_text())["documents"] == len(set(ids))
+
+    # Every executor of the pipeline's application unpacked the shipped environment ...
+    executors = spark_cluster.executor_dirs()
+    assert executors and all((d / "env" / "bin" / "python").exists() for d in executors)
+
+
+@pytest.mark.slow
+def test_executors_run_the_shipped_environment_and_wheel(spark_cluster, installed_app):
+    probe = installed_app.folder / "probe.py"
+    probe.write_text(PROBE)
+    proc = submit(spark_cluster, installed_app, probe.name)
+    seen = [json.loads(s) for s in json.loads(proc.stdout.split("PROBE ", 1)[1].splitlines()[0])]
+    work_dirs = [str(w) for w in spark_cluster.work_dirs]
+    assert seen
+    for where in seen:
+        # ... and ran its Python: the archive unpacked in an executor's folder on a worker, not any venv
+        # of this machine, with cleanwell from the package that --py-files shipped.
+        assert Path(where["prefix"]).name == "env" and where["prefix"].startswith(tuple(work_dirs)), where
+        assert where["pyarrow"].startswith(where["prefix"]), where
+        assert installed_app.pyfiles.name in where["jobs"], where
