@@ -3,10 +3,13 @@
 The detector (udfs/classifier.py: hashed character n-gram classifier, zero-shot signals,
 calibrated stacking) is trained here on labelled data — M4-format pairs from
 ``detect.training_files`` plus silver documents of declared origin — logged and registered in the
-MLflow model registry with an alias, then loaded *by that name and alias* and applied with
-``mlflow.pyfunc.spark_udf``. Columns written: ``classifier_score``, ``compression_ratio``,
-``ngram_repetition``, ``type_token_ratio``, ``lm_log_likelihood``, ``lm_binoculars``,
-``synthetic_probability`` and ``watermark_z``.
+MLflow model registry, then loaded *by name and alias* and applied with ``mlflow.pyfunc.spark_udf``.
+The alias (``detect.alias``, ``champion``) moves to the new version only if it scores at least as well
+as the current champion on the held-back evaluation: labelled texts whose content hash falls in a fixed
+fifth, which no version of the detector ever trains on. The comparison is logged with the run.
+Columns written: ``classifier_score``, ``compression_ratio``, ``ngram_repetition``,
+``type_token_ratio``, ``lm_log_likelihood``, ``lm_binoculars``, ``synthetic_probability`` and
+``watermark_z``.
 
 Scores, not decisions: only the sampling job applies a threshold to ``synthetic_probability``. The
 one exception is the watermark, a hypothesis test with a configured significance: a document of
@@ -16,6 +19,7 @@ undeclared origin with ``watermark_z`` at or above ``detect.watermark_z_threshol
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,45 +28,77 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from jobs.common import gates, tables
-from jobs.common.config import Config, resolve_conf_path
+from jobs.common import gates, storage, tables
+from jobs.common.config import Config
 from jobs.common.errors import InputError
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog, configure
 from jobs.tokenizer import load_tokenizer
-from udfs.classifier import SCORE_COLUMNS, SPARK_RESULT_TYPE, DetectorBundle, DetectorParams, train_detector
+from udfs.classifier import (
+    SCORE_COLUMNS,
+    SPARK_RESULT_TYPE,
+    DetectorBundle,
+    DetectorParams,
+    DetectorTrainingError,
+    evaluate,
+    train_detector,
+)
 from udfs.text import content_hash, normalize_text
 from udfs.tokenizer import cached_tokenizer, train_tokenizer
 from udfs.watermark import watermark_z_score
 
 PRODUCED = (*SCORE_COLUMNS, "watermark_z")
 TRAINING_HASHES = "detector/training_hashes.json"
+CHAMPION_COMPARISON = "detector/champion_comparison.json"
+# The held-back evaluation: a text is held back when its content hash falls in bucket 0 of 5. The split
+# depends on the text alone, so it is the same in every run and for every version of the detector.
+HELD_BACK_BUCKETS = 5
+HELD_BACK_MIN_PER_LABEL = 5
+HELD_BACK_MAX_PER_LABEL = 2000  # bounds the scoring on the driver; the first ones in a deterministic order
+# The alias follows the combined score's AUROC; TPR at 1 % FPR is logged but too coarse on a few hundred
+# texts to decide on.
+DECISION_METRIC = "synthetic_probability/auroc"
 
 
 def read_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
     """(human texts, machine texts) from M4-format JSONL files, normalised as ingest normalises."""
     human, machine = [], []
     for path in paths:
-        resolved = resolve_conf_path(path)
-        if not resolved.is_file():
-            raise InputError(f"M4-format file not found: {path}")
-        with open(resolved, encoding="utf-8") as fh:
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path} line {number} is not JSON: {exc}") from None
-                for key, bucket in (("human_text", human), ("machine_text", machine)):
-                    if isinstance(record.get(key), str) and record[key].strip():
-                        bucket.append(normalize_text(record[key]))
+        try:
+            lines = storage.read_text(path).split("\n")  # not splitlines(): U+2028 is valid inside JSON
+        except FileNotFoundError:
+            raise InputError(f"M4-format file not found: {path}") from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path} line {number} is not JSON: {exc}") from None
+            for key, bucket in (("human_text", human), ("machine_text", machine)):
+                if isinstance(record.get(key), str) and record[key].strip():
+                    bucket.append(normalize_text(record[key]))
     return human, machine
 
 
-def training_set(cfg: Config, silver: DataFrame | None = None) -> tuple[list[str], list[int]]:
-    """Labelled texts (1 = machine): configured pairs, plus declared-origin silver documents, without
-    duplicate texts, capped at ``max_training_documents`` (half per label, deterministic)."""
+def is_held_back(text: str) -> bool:
+    return int(content_hash(text)[:8], 16) % HELD_BACK_BUCKETS == 0
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Training texts and labels (1 = machine), and the held-back texts no detector trains on."""
+
+    texts: list[str]
+    labels: list[int]
+    held_back_human: list[str]
+    held_back_machine: list[str]
+
+
+def training_set(cfg: Config, silver: DataFrame | None = None) -> LabelledData:
+    """Labelled texts: configured pairs, plus declared-origin silver documents, without duplicate texts;
+    the held-back fifth set aside, the rest capped at ``max_training_documents`` (half per label,
+    deterministic)."""
     human, machine = read_pairs(cfg.detect.training_files)
     if silver is not None and cfg.detect.use_declared_origin:
         is_declared = (F.col("provenance_method") == "declared") & F.col("origin").isin("human", "synthetic")
@@ -70,36 +106,128 @@ def training_set(cfg: Config, silver: DataFrame | None = None) -> tuple[list[str
                     .orderBy(F.xxhash64("doc_id"), "doc_id").select("text", "origin").toPandas())
         human += declared.loc[declared["origin"] == "human", "text"].tolist()
         machine += declared.loc[declared["origin"] == "synthetic", "text"].tolist()
-    per_label = cfg.detect.max_training_documents // 2
-    human, machine = list(dict.fromkeys(human))[:per_label], list(dict.fromkeys(machine))[:per_label]
+    human, machine = list(dict.fromkeys(human)), list(dict.fromkeys(machine))
     overlap = set(human) & set(machine)
     human = [t for t in human if t not in overlap]
     machine = [t for t in machine if t not in overlap]
+    held_human = [t for t in human if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
+    held_machine = [t for t in machine if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
+    per_label = cfg.detect.max_training_documents // 2
+    human = [t for t in human if not is_held_back(t)][:per_label]
+    machine = [t for t in machine if not is_held_back(t)][:per_label]
     if len(human) < 5 or len(machine) < 5:
         raise InputError(f"too little labelled data to train the detector: {len(human)} human, {len(machine)} "
                          "machine texts; add detect.training_files or documents of declared origin")
-    return human + machine, [0] * len(human) + [1] * len(machine)
+    if min(len(held_human), len(held_machine)) < HELD_BACK_MIN_PER_LABEL:
+        raise InputError(f"too little labelled data to hold back an evaluation set: {len(held_human)} human and "
+                         f"{len(held_machine)} machine texts fall in the held-back fifth (at least "
+                         f"{HELD_BACK_MIN_PER_LABEL} of each are needed); add detect.training_files or documents "
+                         "of declared origin")
+    return LabelledData(human + machine, [0] * len(human) + [1] * len(machine), held_human, held_machine)
 
 
-def train_and_register(cfg: Config, texts: list[str], labels: list[int], tokenizer_bytes: bytes,
-                       log: RunLog | None = None) -> str:
-    """Train the detector, log it to the active MLflow run, register it and point the alias at it.
-    Returns the model URI by name and alias."""
+def _training_hashes(run_id: str) -> set[str]:
+    """Content hashes of the texts the detector logged by ``run_id`` was trained on."""
+    import mlflow
+
+    return set(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_HASHES}")["content_hashes"])
+
+
+def current_champion(cfg: Config):
+    """The model version the alias points at, or None when the model or the alias does not exist yet."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(cfg.detect.registered_model, cfg.detect.alias)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _held_back_metrics(bundle: DetectorBundle, human: list[str], machine: list[str]) -> dict[str, float]:
+    flat = evaluate(bundle, human, machine)
+    column = DECISION_METRIC.partition("/")[0]
+    return {metric: flat[f"{column}/{metric}"] for metric in ("auroc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct")}
+
+
+def compare_with_champion(cfg: Config, candidate: DetectorBundle, data: LabelledData) -> dict[str, Any]:
+    """Score the candidate and the current champion on the held-back texts (less any the champion was
+    trained on) and decide whether the alias moves: it does when there is no champion yet, or when the
+    candidate's AUROC is at least the champion's."""
+    import mlflow
+
+    champion = current_champion(cfg)
+    trained_on = _training_hashes(champion.run_id) if champion is not None else set()
+    human = [t for t in data.held_back_human if content_hash(t) not in trained_on]
+    machine = [t for t in data.held_back_machine if content_hash(t) not in trained_on]
+    comparison: dict[str, Any] = {
+        "metric": DECISION_METRIC, "alias": cfg.detect.alias, "n_human": len(human), "n_machine": len(machine),
+        "champion_version": None if champion is None else int(champion.version),
+        "candidate": _held_back_metrics(candidate, human, machine) if human and machine else None,
+        "champion": None,
+    }
+    if champion is None:
+        comparison.update(moves=True, reason="first registration")
+        return comparison
+    if comparison["candidate"] is None:
+        comparison.update(moves=True, reason=f"version {champion.version} was trained on the held-back texts")
+        return comparison
+    try:
+        bundle = mlflow.pyfunc.load_model(f"models:/{cfg.detect.registered_model}/{champion.version}") \
+            .unwrap_python_model().bundle
+    except DetectorTrainingError as exc:  # a bundle format this code no longer reads
+        comparison.update(moves=True, reason=f"version {champion.version} cannot be loaded: {exc}")
+        return comparison
+    comparison["champion"] = _held_back_metrics(bundle, human, machine)
+    new, old = comparison["candidate"]["auroc"], comparison["champion"]["auroc"]
+    comparison.update(moves=new >= old, reason=f"held-back AUROC {new:.4f} {'>=' if new >= old else '<'} "
+                                               f"{old:.4f} of version {champion.version}")
+    return comparison
+
+
+def _log_comparison(log: RunLog, comparison: dict[str, Any]) -> None:
+    log.metric("held_back.n_human", comparison["n_human"])
+    log.metric("held_back.n_machine", comparison["n_machine"])
+    for role in ("candidate", "champion"):
+        for metric, value in (comparison[role] or {}).items():
+            log.metric(f"held_back.{role}.{metric}", value)
+    log.tags({"detector.model_version": comparison["candidate_version"],
+              "detector.champion_version": comparison["champion_version"] or "none",
+              "detector.alias_moved": str(comparison["moves"]).lower(),
+              "detector.alias_version": comparison["alias_version"],
+              "detector.alias_decision": comparison["decision"]})
+    log.artifact_json(comparison, CHAMPION_COMPARISON)
+
+
+def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, log: RunLog) -> dict[str, Any]:
+    """Train the detector, log it to the active MLflow run and register it; the alias moves to the new
+    version only if it does at least as well as the champion on the held-back texts (the first version
+    always takes it). Returns the comparison, with ``decision`` saying where the alias points."""
     import mlflow
 
     from udfs.classifier import log_detector_model
 
-    bundle = train_detector(texts, labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed))
+    bundle = train_detector(data.texts, data.labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed))
+    comparison = compare_with_champion(cfg, bundle, data)
     info = log_detector_model(bundle, registered_model_name=cfg.detect.registered_model)
     # Hashes of the training texts travel with the model, so evaluation can refuse to score them.
-    mlflow.log_dict({"content_hashes": sorted({content_hash(t) for t in texts})}, TRAINING_HASHES)
-    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias,
-                                                     info.registered_model_version)
-    if log is not None:
-        log.metric("training_documents", len(texts))
-        log.metric("training_machine_share", float(np.mean(labels)))
-        log.tags({"detector.model_version": info.registered_model_version})
-    return model_uri(cfg)
+    mlflow.log_dict({"content_hashes": sorted({content_hash(t) for t in data.texts})}, TRAINING_HASHES)
+    name, alias, version = cfg.detect.registered_model, cfg.detect.alias, int(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    if comparison["moves"]:
+        client.set_registered_model_alias(name, alias, version)
+    alias_version = version if comparison["moves"] else comparison["champion_version"]
+    verb = "->" if comparison["moves"] else "stays on"
+    comparison.update(candidate_version=version, alias_version=alias_version,
+                      decision=f"{alias} {verb} version {alias_version} ({comparison['reason']})")
+    if comparison["candidate"] is not None:
+        client.set_model_version_tag(name, str(version), "held_back_auroc", f"{comparison['candidate']['auroc']:.4f}")
+    client.set_model_version_tag(name, str(version), "alias_decision", comparison["decision"])
+    log.metric("training_documents", len(data.texts))
+    log.metric("training_machine_share", float(np.mean(data.labels)))
+    _log_comparison(log, comparison)
+    return comparison
 
 
 def model_uri(cfg: Config) -> str:
@@ -146,8 +274,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     ref = tables.table_ref(cfg, "silver")
     silver = tables.read_table(spark, ref)
     tokenizer_bytes = load_tokenizer(spark, cfg)
-    texts, labels = training_set(cfg, silver)
-    train_and_register(cfg, texts, labels, tokenizer_bytes, log)
+    data = training_set(cfg, silver)
+    comparison = train_and_register(cfg, data, tokenizer_bytes, log)
     gates.publish(cfg, score(spark, silver, cfg, tokenizer_bytes), "silver", "silver_detect", log,
                   lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
     published = tables.read_table(spark, ref)
@@ -156,40 +284,38 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     watermarked = published.where(F.col("provenance_method") == "watermark").count()
     log.counts("mean_synthetic_probability", by_origin)
     log.metric("watermarked", watermarked)
-    return {"training_documents": len(texts), "mean_synthetic_probability": by_origin, "watermarked": watermarked}
+    held_back = comparison["n_human"] + comparison["n_machine"]
+    return {"training_documents": len(data.texts), "held_back_documents": held_back, "detector": comparison["decision"],
+            "mean_synthetic_probability": by_origin, "watermarked": watermarked}
 
 
 def train_standalone(cfg: Config) -> str:
     """Train and register the detector from ``detect.training_files`` alone (no Spark, no lake):
-    the tokenizer is trained on the human texts of those files."""
+    the tokenizer is trained on the human training texts of those files. Returns what happened to the
+    alias, in words."""
     from jobs.common.tracking import tracked_run
 
     with tracked_run(cfg, "train-detector", params={"detect": cfg.detect.model_dump(mode="json"),
                                                     "tokenizer": cfg.tokenizer.model_dump(mode="json")}) as log:
-        texts, labels = training_set(cfg)
-        human = [t for t, label in zip(texts, labels, strict=True) if label == 0]
+        data = training_set(cfg)
+        human = [t for t, label in zip(data.texts, data.labels, strict=True) if label == 0]
         t = cfg.tokenizer
         tokenizer_bytes = train_tokenizer(human, vocab_size=t.vocab_size, model_type=t.model_type, seed=t.seed)
         log.artifact_bytes(tokenizer_bytes, "tokenizer/spm.model")
-        return train_and_register(cfg, texts, labels, tokenizer_bytes, log)
+        comparison = train_and_register(cfg, data, tokenizer_bytes, log)
+        return f"{cfg.detect.registered_model} version {comparison['candidate_version']}; {comparison['decision']}"
 
 
 def evaluate_files(cfg: Config, paths: list[str]) -> dict[str, Any]:
     """Score M4-format files with the registered detector (training it first from the configured
     training data if none is registered) and measure each detector and the combination. Texts the
     detector was trained on are left out and counted, so the numbers are never in-sample."""
-    import mlflow
-
-    from udfs.classifier import evaluate
-
     configure(cfg)
-    client = mlflow.MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(cfg.detect.registered_model, cfg.detect.alias)
-    except mlflow.exceptions.MlflowException:
+    version = current_champion(cfg)
+    if version is None:
         train_standalone(cfg)
-        version = client.get_model_version_by_alias(cfg.detect.registered_model, cfg.detect.alias)
-    trained_on = set(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{TRAINING_HASHES}")["content_hashes"])
+        version = current_champion(cfg)
+    trained_on = _training_hashes(version.run_id)
     human, machine = read_pairs(paths)
     kept_human = [t for t in human if content_hash(t) not in trained_on]
     kept_machine = [t for t in machine if content_hash(t) not in trained_on]

@@ -12,11 +12,12 @@ from sklearn.metrics import roc_auc_score
 
 from jobs.cli import cli
 from jobs.common import tables
-from jobs.detect import load_detector, score
+from jobs.detect import is_held_back, load_detector, score
 from jobs.tokenizer import load_tokenizer
 from tests.conftest import REPO
 from udfs.classifier import SCORE_COLUMNS
 from udfs.ngram_lm import train_ngram_lm
+from udfs.text import normalize_text
 from udfs.tokenizer import Tokenizer
 from udfs.watermark import generate_watermarked
 
@@ -92,6 +93,20 @@ def test_eval_detector_reports_each_detector_cross_domain(tmp_path):
         assert 0 <= report[detector]["tpr_at_fpr_1pct"] <= report[detector]["tpr_at_fpr_5pct"] <= 1
     assert report["synthetic_probability"]["auroc"] >= 0.93
 
-    # Scoring the training file itself is refused: every text is left out as training data.
-    again = CliRunner().invoke(cli, args[:2] + [str(M4 / "wikipedia_llama2.jsonl")] + args[3:])
-    assert again.exit_code == 2 and "were training data" in again.output
+    # Scoring the training file itself scores only its held-back fifth; every other text is left out.
+    training_file = M4 / "wikipedia_llama2.jsonl"
+    again = CliRunner().invoke(cli, args[:2] + [str(training_file)] + args[3:])
+    assert again.exit_code == 0, again.output
+    scored = json.loads(again.stdout)
+    pairs = [json.loads(line) for line in training_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    texts = [normalize_text(p[key]) for p in pairs for key in ("human_text", "machine_text")]
+    held_back = sum(map(is_held_back, texts))
+    assert (scored["n_human"] + scored["n_machine"], scored["excluded_training_texts"]) == \
+        (held_back, len(texts) - held_back)
+
+    # A file of training texts only is refused: nothing is left to evaluate.
+    trained_on = tmp_path / "trained_on.jsonl"
+    trained_on.write_text("".join(json.dumps(p) + "\n" for p in pairs if not is_held_back(normalize_text(
+        p["human_text"])) and not is_held_back(normalize_text(p["machine_text"]))), encoding="utf-8")
+    refused = CliRunner().invoke(cli, args[:2] + [str(trained_on)] + args[3:])
+    assert refused.exit_code == 2 and "were training data" in refused.output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import sys
 import threading
 import time
@@ -22,7 +23,7 @@ from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import CleanwellError
 from jobs.common.session import get_spark
-from jobs.common.tracking import RunLog, tracked_run
+from jobs.common.tracking import PIPELINE_RUN_ID_ENV, RunLog, tracked_run
 
 STATE_SCHEMA = ("step string, run_id string, config_hash string, inputs map<string,string>, "
                 "outputs map<string,string>, summary string, finished_at timestamp")
@@ -121,10 +122,14 @@ def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, c
 def spark_progress(spark: SparkSession, step: str, echo: Callable[[str], None], every: float = 15.0):
     """While a step runs, print the active Spark stages' task progress every ``every`` seconds, so a
     long step on a cluster shows it is moving (a short step prints nothing)."""
+    try:
+        tracker = spark.sparkContext.statusTracker()
+    except Exception:  # Spark Connect (serverless, standard access mode) has no SparkContext: no progress
+        yield
+        return
     done = threading.Event()
 
     def report() -> None:
-        tracker = spark.sparkContext.statusTracker()
         while not done.wait(every):
             stages = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
             active = [s for s in stages if s is not None]
@@ -183,6 +188,20 @@ def config_options(func: Callable) -> Callable:
                         help="YAML file merged over conf/base.yaml (repeatable; later files win).")(func)
 
 
+def pipeline_run_id_option(func: Callable) -> Callable:
+    """``--pipeline-run-id ID``: groups this process's MLflow runs with the other steps of one pipeline run
+    (the same as setting CLEANWELL_PIPELINE_RUN_ID, which Airflow tasks do)."""
+
+    def export(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ[PIPELINE_RUN_ID_ENV] = value
+
+    return click.option("--pipeline-run-id", metavar="ID", envvar=PIPELINE_RUN_ID_ENV, show_envvar=True,
+                        expose_value=False, callback=export,
+                        help="Tag cleanwell.pipeline_run_id of every MLflow run (default: the enclosing "
+                             "`cleanwell run`).")(func)
+
+
 def run_guarded(action: Callable[[], Any]) -> Any:
     """Run a CLI action; print a CleanwellError as a one-paragraph message and exit 2, no traceback."""
     try:
@@ -197,6 +216,7 @@ def step_command(step: Step) -> click.Command:
 
     @click.command(name=step.name, help=step.help)
     @config_options
+    @pipeline_run_id_option
     @click.option("--force", is_flag=True, help="Run even if inputs and config are unchanged since the last run.")
     def command(config_files: tuple[str, ...], overrides: tuple[str, ...], force: bool) -> None:
         def action() -> None:

@@ -2,20 +2,32 @@
 
 Params are the step's config sections (flattened), metrics its counts (rows in/out, quarantined and
 removed by reason), artifacts its manifests and gate results. The tracking URI comes from
-``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` (default ``sqlite:///mlflow.db``).
+``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` (default ``sqlite:///mlflow.db``); with a
+tracking server (``http(s)://``, ``databricks``) every artifact goes through the server, so a step in
+one process (an Airflow task) finds what a step in another logged.
+
+Every run is tagged with where it came from (package version, git SHA, Airflow's dag/run/task ids) and
+with ``cleanwell.pipeline_run_id``, which groups the step runs of one pipeline run across processes:
+``CLEANWELL_PIPELINE_RUN_ID`` if set, else Airflow's run id, else the enclosing ``cleanwell run``'s
+MLflow run id, else the run's own id.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import json
 import logging
 import os
+import subprocess
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from jobs.common import storage
 from jobs.common.config import Config
 
 
@@ -35,24 +47,99 @@ def _quiet_mlflow() -> None:
 # Read once, at import: mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ itself,
 # so reading the variable later would return whatever store the previous run used.
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+_USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")  # likewise for set_registry_uri()
+
+PIPELINE_RUN_ID_ENV = "CLEANWELL_PIPELINE_RUN_ID"
+GIT_SHA_ENV = "CLEANWELL_GIT_SHA"
+PIPELINE_RUN_ID_TAG = "cleanwell.pipeline_run_id"
+# Airflow exports these to every task process (and so to the spark-submit it starts).
+AIRFLOW_CONTEXT_TAGS = {"AIRFLOW_CTX_DAG_ID": "airflow.dag_id", "AIRFLOW_CTX_DAG_RUN_ID": "airflow.run_id",
+                        "AIRFLOW_CTX_TASK_ID": "airflow.task_id", "AIRFLOW_CTX_TRY_NUMBER": "airflow.try_number"}
+# Tracking URIs of servers that own their artifact store; clients must not point experiments at local folders.
+_SERVER_SCHEMES = ("http", "https", "databricks")
+# The id of the enclosing pipeline run (`cleanwell run`), for the step runs nested under it.
+_pipeline_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("pipeline_run_id", default=None)
 
 
 def tracking_uri(cfg: Config) -> str:
     return _USER_TRACKING_URI or cfg.tracking.uri
 
 
+def registry_uri(cfg: Config) -> str | None:
+    return _USER_REGISTRY_URI or cfg.tracking.registry_uri
+
+
+def is_tracking_server(uri: str) -> bool:
+    return uri.partition(":")[0].lower() in _SERVER_SCHEMES
+
+
+def experiment_artifact_location(cfg: Config) -> str | None:
+    """Where a new experiment keeps its artifacts; None lets a tracking server choose (proxied
+    ``mlflow-artifacts:``), so that clients need no access to the server's folders."""
+    root = cfg.tracking.artifact_root
+    if storage.is_url(root):
+        return root
+    return None if is_tracking_server(tracking_uri(cfg)) else Path(root).resolve().as_uri()
+
+
 def configure(cfg: Config):
-    """Point MLflow at the configured store and experiment; returns the mlflow module."""
+    """Point MLflow at the configured store, registry and experiment; returns the mlflow module."""
     import mlflow
 
     _quiet_mlflow()
     mlflow.set_tracking_uri(tracking_uri(cfg))
+    registry = registry_uri(cfg)
+    if registry:
+        mlflow.set_registry_uri(registry)
+    else:
+        # A registry set for an earlier config in this process must not outlive it (set_registry_uri also
+        # exports MLFLOW_REGISTRY_URI); unset, MLflow derives the registry from the tracking URI.
+        os.environ.pop("MLFLOW_REGISTRY_URI", None)
+        mlflow.set_registry_uri(None)
     if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        root = cfg.tracking.artifact_root
-        location = Path(root).resolve().as_uri() if "://" not in root else root
-        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=location)
+        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=experiment_artifact_location(cfg))
     mlflow.set_experiment(cfg.tracking.experiment)
     return mlflow
+
+
+def package_version() -> str | None:
+    try:
+        return metadata.version("cleanwell")
+    except metadata.PackageNotFoundError:  # imported from a zip or a folder without its metadata
+        return None
+
+
+@functools.cache
+def _checkout_sha() -> str | None:
+    """HEAD of the git checkout the package is imported from; None for a wheel or when git is missing."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def git_sha() -> str | None:
+    """The code's git SHA: ``CLEANWELL_GIT_SHA`` (set it when deploying a wheel), else the checkout's."""
+    return os.environ.get(GIT_SHA_ENV) or _checkout_sha()
+
+
+def context_tags() -> dict[str, str]:
+    """Where a run's code came from and which scheduler started it; only the tags that are known."""
+    tags = {"cleanwell.version": package_version(), "cleanwell.git_sha": git_sha(),
+            "mlflow.source.git.commit": git_sha()}
+    tags.update({tag: os.environ.get(variable) for variable, tag in AIRFLOW_CONTEXT_TAGS.items()})
+    return {name: value for name, value in tags.items() if value}
+
+
+def pipeline_run_id(own_run_id: str) -> str:
+    """The id that groups a run with the other step runs of its pipeline run (see the module docstring)."""
+    return (os.environ.get(PIPELINE_RUN_ID_ENV) or os.environ.get("AIRFLOW_CTX_DAG_RUN_ID")
+            or _pipeline_run_id.get() or own_run_id)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -100,6 +187,11 @@ class RunLog:
 
         mlflow.log_dict(json.loads(json.dumps(obj, default=str)), name)
 
+    def artifact_text(self, text: str, name: str) -> None:
+        import mlflow
+
+        mlflow.log_text(text, name)
+
     def artifact_bytes(self, data: bytes, name: str) -> None:
         """A binary artifact (e.g. a fitted model) under ``name`` (folder/file)."""
         import tempfile
@@ -120,9 +212,14 @@ class RunLog:
 def pipeline_run(cfg: Config, name: str = "pipeline") -> Iterator[str]:
     """Parent run that step runs nest under."""
     mlflow = configure(cfg)
-    with mlflow.start_run(run_name=name) as run:
-        mlflow.set_tag("cleanwell.kind", "pipeline")
-        yield run.info.run_id
+    with mlflow.start_run(run_name=name, tags={**context_tags(), "cleanwell.kind": "pipeline"}) as run:
+        group = pipeline_run_id(run.info.run_id)
+        mlflow.set_tag(PIPELINE_RUN_ID_TAG, group)
+        token = _pipeline_run_id.set(group)
+        try:
+            yield run.info.run_id
+        finally:
+            _pipeline_run_id.reset(token)
 
 
 @contextlib.contextmanager
@@ -130,9 +227,10 @@ def tracked_run(cfg: Config, step: str, params: dict[str, Any] | None = None) ->
     """MLflow run for one step, nested under an active pipeline run if there is one."""
     mlflow = configure(cfg)
     parent = mlflow.active_run()
-    with mlflow.start_run(run_name=step, nested=parent is not None) as run:
+    tags = {**context_tags(), "cleanwell.kind": "step", "cleanwell.step": step}
+    with mlflow.start_run(run_name=step, nested=parent is not None, tags=tags) as run:
         log = RunLog(run_id=run.info.run_id, step=step)
-        log.tags({"cleanwell.kind": "step", "cleanwell.step": step})
+        log.tags({PIPELINE_RUN_ID_TAG: pipeline_run_id(run.info.run_id)})
         if params:
             log.params(params)
         try:
