@@ -3,12 +3,14 @@
 # MAGIC # cleanwell: inspect the lake
 # MAGIC
 # MAGIC What was quarantined and why, what dedup collapsed, which gates failed, and the Delta history
-# MAGIC of each table. Reads tables through `jobs.common.tables`, the same I/O the jobs use.
+# MAGIC of each table. Reads tables through `jobs.common.tables`, the same I/O the jobs use, by the same
+# MAGIC Unity Catalog names as `run_pipeline` (`catalog.schema.<table>`; empty `catalog`: the config's `lake.root`).
 
 # COMMAND ----------
 
-dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")
-dbutils.widgets.text("catalog", "main.cleanwell")
+dbutils.widgets.text("config", "/Volumes/main/cleanwell/cleanwell/conf/cleanwell.yaml")
+dbutils.widgets.text("catalog", "main")
+dbutils.widgets.text("schema", "cleanwell")
 
 # COMMAND ----------
 
@@ -16,9 +18,11 @@ from pyspark.sql import functions as F
 
 from jobs.common import tables
 from jobs.common.config import load_config
+from jobs.common.databricks import unity_catalog_overrides
 
-catalog = dbutils.widgets.get("catalog")
-cfg = load_config([dbutils.widgets.get("config")], [f"lake.catalog={catalog}"] if catalog else [])
+widget = dbutils.widgets.get
+cfg = load_config([widget("config")], unity_catalog_overrides(widget("catalog"), widget("schema"))
+                  if widget("catalog") else [])
 
 
 def table(name, version=None):

@@ -3,35 +3,50 @@
 # MAGIC # cleanwell: run the pipeline
 # MAGIC
 # MAGIC Runs the same job code as `cleanwell run` and the Airflow DAG, on this cluster's SparkSession
-# MAGIC (cleanwell reuses it and changes none of its settings). Install the wheel on the cluster first
-# MAGIC (`pip install cleanwell-*.whl`, or the `%pip` cell below); Databricks Runtime already ships Delta Lake.
+# MAGIC (cleanwell reuses it and changes none of its settings). The cluster needs the cleanwell wheel
+# MAGIC (the bundle's job installs it on every task; interactively, add it as a cluster library or run
+# MAGIC `%pip install /Volumes/<catalog>/<schema>/<volume>/cleanwell-0.1.0-py3-none-any.whl` first).
 # MAGIC
-# MAGIC Widgets: `config` (a YAML file in the workspace or a volume), `catalog` (`catalog.schema`
-# MAGIC for Unity Catalog tables; empty to use `lake.root` paths), `steps` (comma-separated subset),
-# MAGIC `force` (rerun steps that are up to date).
+# MAGIC Widgets (the bundle's job parameters have the same names):
+# MAGIC - `config`: the YAML config (sources, mixture, ...), e.g. in the volume.
+# MAGIC - `catalog`, `schema`: tables go to `catalog.schema.<table>`, the detector to
+# MAGIC   `catalog.schema.cleanwell_detector`; empty `catalog` keeps the config file's locations (`lake.root` paths).
+# MAGIC - `volume`: manifests, reports and MLflow artifacts go to `/Volumes/catalog/schema/volume/`.
+# MAGIC - `experiment`: the MLflow experiment, an absolute workspace path.
+# MAGIC - `steps`: comma-separated subset (empty: all); `force`: rerun steps that are up to date.
+# MAGIC - `overrides`: extra `key=value` settings, space-separated, applied last.
+# MAGIC - `pipeline_run_id`: groups the MLflow runs of one job run (the job passes its run id).
 
 # COMMAND ----------
 
-# MAGIC %pip install /Volumes/main/cleanwell/wheels/cleanwell-0.1.0-py3-none-any.whl
-
-# COMMAND ----------
-
-dbutils.widgets.text("config", "/Workspace/Shared/cleanwell/cleanwell.yaml")
-dbutils.widgets.text("catalog", "main.cleanwell")
+dbutils.widgets.text("config", "/Volumes/main/cleanwell/cleanwell/conf/cleanwell.yaml")
+dbutils.widgets.text("catalog", "main")
+dbutils.widgets.text("schema", "cleanwell")
+dbutils.widgets.text("volume", "cleanwell")
+dbutils.widgets.text("experiment", "/Shared/cleanwell")
 dbutils.widgets.text("steps", "")
 dbutils.widgets.dropdown("force", "false", ["false", "true"])
+dbutils.widgets.text("overrides", "")
+dbutils.widgets.text("pipeline_run_id", "")
 
 # COMMAND ----------
 
+import os
+import shlex
+
 from jobs.common.config import load_config
+from jobs.common.databricks import unity_catalog_overrides
+from jobs.common.tracking import PIPELINE_RUN_ID_ENV
 from jobs.pipeline import run_pipeline
 
-config_file = dbutils.widgets.get("config")
-catalog = dbutils.widgets.get("catalog")
-overrides = [f"lake.catalog={catalog}"] if catalog else []
-steps = [s.strip() for s in dbutils.widgets.get("steps").split(",") if s.strip()] or None
-cfg = load_config([config_file], overrides)
-outcomes = run_pipeline(cfg, steps, force=dbutils.widgets.get("force") == "true")
+widget = dbutils.widgets.get
+if widget("pipeline_run_id"):
+    os.environ[PIPELINE_RUN_ID_ENV] = widget("pipeline_run_id")
+locations = (unity_catalog_overrides(widget("catalog"), widget("schema"), widget("experiment"), widget("volume"))
+             if widget("catalog") else [])
+cfg = load_config([widget("config")], locations + shlex.split(widget("overrides")))
+steps = [s.strip() for s in widget("steps").split(",") if s.strip()] or None
+outcomes = run_pipeline(cfg, steps, force=widget("force") == "true")
 
 # COMMAND ----------
 

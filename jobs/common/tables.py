@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from jobs.common import storage
 from jobs.common.config import Config
-from jobs.common.errors import InputError
+from jobs.common.errors import InputError, SetupError
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,26 @@ class TableRef:
     def __str__(self) -> str:
         return self.location
 
+    @property
+    def sql_name(self) -> str:
+        """The table in a SQL statement: ``delta.`path``` or each part of the catalog name quoted."""
+        if self.by_path:
+            return f"delta.`{self.location}`"
+        return ".".join(f"`{part}`" for part in self.location.split("."))
+
+
+def lake_root(cfg: Config) -> str:
+    """``lake.root`` as Spark and storage get it: URIs as given, local paths made absolute (Delta's SQL
+    path identifiers, delta.`path` used by ALTER TABLE, need an absolute path)."""
+    root = cfg.lake.root.rstrip("/")
+    return root if storage.is_url(root) else os.path.abspath(root)
+
 
 def table_ref(cfg: Config, name: str) -> TableRef:
     physical = getattr(cfg.tables, name)
     if cfg.lake.catalog:
         return TableRef(name, f"{cfg.lake.catalog}.{physical}", by_path=False)
-    root = cfg.lake.root.rstrip("/")
-    if "://" not in root and not root.startswith("dbfs:"):
-        # Delta's SQL path identifiers (delta.`path`, used by ALTER TABLE) need an absolute path.
-        root = os.path.abspath(root)
-    return TableRef(name, f"{root}/{physical}", by_path=True)
+    return TableRef(name, f"{lake_root(cfg)}/{physical}", by_path=True)
 
 
 def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
@@ -47,7 +58,21 @@ def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 def exists(spark: SparkSession, ref: TableRef) -> bool:
     if ref.by_path:
         return DeltaTable.isDeltaTable(spark, ref.location)
-    return spark.catalog.tableExists(ref.location)
+    if spark.catalog.tableExists(ref.location):
+        return True
+    require_schema(spark, ref.location.rpartition(".")[0])
+    return False
+
+
+def require_schema(spark: SparkSession, schema: str) -> None:
+    """cleanwell creates tables but never the schema that holds them: on Unity Catalog a job's principal
+    usually may not (CREATE SCHEMA is a catalog privilege), and where the schema's files go
+    (its managed location) is the workspace owner's choice."""
+    if not spark.catalog.databaseExists(schema):
+        raise SetupError(f"schema `{schema}` (conf key lake.catalog) does not exist, and cleanwell does not create "
+                         f"schemas. Create it once, e.g. `CREATE SCHEMA {schema}` (optionally with MANAGED LOCATION "
+                         "'<cloud path>'), and grant the job's principal USE CATALOG, USE SCHEMA, CREATE TABLE, "
+                         "CREATE MODEL, SELECT and MODIFY on it.")
 
 
 def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -> DataFrame:
@@ -136,9 +161,8 @@ def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: s
 
 def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
     """Record settings in the table's properties (e.g. the parameters its rows were computed with)."""
-    target = f"delta.`{ref.location}`" if ref.by_path else ref.location
     assignments = ", ".join(f"'{k}' = '{str(v).replace(chr(39), '')}'" for k, v in properties.items())
-    spark.sql(f"ALTER TABLE {target} SET TBLPROPERTIES ({assignments})")
+    spark.sql(f"ALTER TABLE {ref.sql_name} SET TBLPROPERTIES ({assignments})")
 
 
 def properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
