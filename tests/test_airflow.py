@@ -1,0 +1,242 @@
+"""The Airflow DAG (dags/cleanwell_dag.py) in a real Airflow 3 with the apache-spark provider.
+
+Airflow cannot share the test venv (its pins conflict, see constraints-airflow.txt), so it lives in
+.venv-airflow (`make airflow`) and everything that imports it runs there as a subprocess
+(tests/airflow_harness.py) with a fresh AIRFLOW_HOME and sqlite database. The DAG's tasks run
+`spark-submit` for real: locally for the retry tests, on the standalone cluster of tests/servers.py
+with `make package`'s output for the whole pipeline.
+"""
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs.common.session import delta_jar_paths
+from jobs.pipeline import STEP_NAMES, STEPS
+from tests.conftest import DEMO_CONFIG, REPO
+from tests.servers import Package, SparkCluster, clean_environment, spark_home
+
+AIRFLOW_VENV = REPO / ".venv-airflow"
+HARNESS = REPO / "tests" / "airflow_harness.py"
+DAGS = REPO / "dags"
+DAG_ID = "cleanwell"
+RESULT_MARKER = "RESULT "  # tests/airflow_harness.py
+
+
+def expected_upstream(steps) -> dict[str, set[str]]:
+    """Which steps each step must wait for, from the tables they read and write: the earlier steps that
+    wrote a table it reads or writes, and the earlier readers of a table it writes; then only the
+    direct ones (transitive reduction)."""
+    before: dict[str, set[str]] = {}
+    for index, step in enumerate(steps):
+        touched, written = set(step.inputs) | set(step.outputs), set(step.outputs)
+        before[step.name] = {other.name for other in steps[:index]
+                             if touched & set(other.outputs) or written & set(other.inputs)}
+    reachable: dict[str, set[str]] = {}
+    for step in steps:  # pipeline order: every upstream step is complete before it is needed
+        reachable[step.name] = set().union(*(reachable[b] | {b} for b in before[step.name]))
+    return {name: {b for b in deps if not any(b in reachable[other] for other in deps - {b})}
+            for name, deps in before.items()}
+
+
+def airflow_environment(home: Path, **extra: str) -> dict[str, str]:
+    """A shell without the test venv (as on an Airflow worker), Airflow pointed at ``home`` and dags/."""
+    if not (AIRFLOW_VENV / "bin" / "python").exists():
+        pytest.fail(f"{AIRFLOW_VENV} is missing: run `make airflow` (make test does)")
+    return clean_environment(AIRFLOW_HOME=str(home), AIRFLOW__CORE__DAGS_FOLDER=str(DAGS),
+                             AIRFLOW__CORE__LOAD_EXAMPLES="False", **extra)
+
+
+def readable(output: str, limit: int = 8000) -> str:
+    """The end of a harness output without dag.test()'s once-a-second "No tasks to run" lines."""
+    return "\n".join(line for line in output.splitlines() if "No tasks to run" not in line)[-limit:]
+
+
+def harness(env: dict[str, str], *args: str, cwd: Path, timeout: float) -> tuple[dict, str]:
+    """Run tests/airflow_harness.py in the Airflow venv; its JSON result and its whole output (also
+    written to ``cwd``/airflow-harness.log)."""
+    proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "python"), str(HARNESS), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+    output = proc.stdout + proc.stderr
+    (cwd / "airflow-harness.log").write_text(output)
+    results = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    assert proc.returncode == 0 and results, readable(output)
+    return json.loads(results[-1].removeprefix(RESULT_MARKER)), output
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    """An AIRFLOW_HOME with a migrated sqlite database, which dag.test() needs."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "airflow"), "db", "migrate"], env=airflow_environment(home),
+                          cwd=home, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return home
+
+
+def write_runs(folder: Path, *confs: dict) -> str:
+    path = folder / "runs.json"
+    path.write_text(json.dumps(list(confs)))
+    return str(path)
+
+
+def test_dag_steps_are_the_pipeline_steps():
+    """The DAG file keeps a literal list (it must parse without cleanwell installed)."""
+    tree = ast.parse((DAGS / "cleanwell_dag.py").read_text())
+    steps = next(ast.literal_eval(node.value) for node in ast.walk(tree)
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "STEPS")
+    assert steps == STEP_NAMES
+
+
+def test_expected_dependencies_follow_the_tables():
+    # Every signal step rewrites silver, so they are serial; report reads sample's gold: a chain.
+    assert expected_upstream(STEPS) == {"ingest": set(), **{b: {a} for a, b in itertools.pairwise(STEP_NAMES)}}
+
+
+def test_dagbag_loads_with_the_step_dependencies(tmp_path):
+    result, _ = harness(airflow_environment(tmp_path), "graph", str(DAGS), cwd=tmp_path, timeout=300)
+    assert result["import_errors"] == {}
+    assert set(result["dags"]) == {DAG_ID}
+    tasks = result["dags"][DAG_ID]
+    assert {name: set(task["upstream"]) for name, task in tasks.items()} == expected_upstream(STEPS)
+    for name, task in tasks.items():
+        assert "SparkSubmitOperator" in task["classes"], name
+        assert task["retries"] >= 1 and task["execution_timeout"] and task["execution_timeout"] > 0, (name, task)
+
+
+def local_run_conf(tmp_path: Path, **changes: str) -> dict:
+    """DAG params for a local[1] spark-submit of the repository's launcher with the test venv's Python."""
+    conf = {
+        "spark_conn_id": "cleanwell_local",
+        "spark_home": str(spark_home()),
+        "config": str(tmp_path / "config.yaml"),
+        "lake_root": str(tmp_path / "lake"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "artifact_root": str(tmp_path / "mlartifacts"),
+        "launcher": str(REPO / "jobs" / "submit.py"),
+        "py_files": "",
+        "jars": ",".join(map(str, delta_jar_paths())),
+        "env_archive": "",
+        "executor_python": sys.executable,
+        "driver_python": sys.executable,
+        "spark_conf": {"spark.ui.enabled": "false"},
+    }
+    return {**conf, **changes}
+
+
+def test_exit_code_2_fails_at_once_and_other_failures_retry(airflow_home, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text('{"text": "one small document"}\n')
+    (tmp_path / "config.yaml").write_text(f"ingest:\n  sources:\n    - {{name: tiny, path: {tmp_path / 'src'}, "
+                                          "format: jsonl}\n")
+    runs = write_runs(
+        tmp_path,
+        local_run_conf(tmp_path, config=str(tmp_path / "missing.yaml")),  # cleanwell exits 2: config not found
+        local_run_conf(tmp_path, driver_python=str(tmp_path / "no-python")),  # spark-submit exits 1
+        local_run_conf(tmp_path, lake_root="lake", tracking_uri="sqlite:///mlflow.db"),  # refused before submit
+    )
+    env = airflow_environment(airflow_home,
+                              AIRFLOW_CONN_CLEANWELL_LOCAL=json.dumps({"conn_type": "spark", "host": "local[1]"}))
+    result, output = harness(env, "run", str(DAGS), DAG_ID, runs, "--retries", "1", "--retry-delay", "1",
+                             cwd=tmp_path, timeout=600)
+    bad_config, no_python, relative = (run["tasks"] for run in result["runs"])
+
+    assert bad_config["ingest"] == {"state": "failed", "try_number": 1}, readable(output)
+    assert "config file not found" in output and "exited 2 (failed gate, invalid input or config)" in output
+    assert no_python["ingest"] == {"state": "failed", "try_number": 2}  # retried once, as configured
+    assert relative["ingest"] == {"state": "failed", "try_number": 1}
+    assert "lake.root='lake': a relative path" in output and "sqlite:////abs/mlflow.db" in output
+    for tasks in (bad_config, no_python, relative):
+        assert {tasks[name]["state"] for name in STEP_NAMES[1:]} == {"upstream_failed"}
+    assert not (tmp_path / "lake").exists()  # nothing ran past the failures
+
+
+def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, driver_env: Path) -> dict:
+    """DAG params for the demo on the standalone cluster with `make package`'s output, everything the
+    run writes under ``folder``. The config is the demo's with every input path absolute: a task's
+    working directory is Airflow's, not dist/."""
+    from jobs.common.config import DetectConfig
+    from tests.test_cluster import SPARK_CONF
+
+    config = yaml.safe_load(DEMO_CONFIG.read_text())
+    for source in config["ingest"]["sources"]:
+        source["path"] = str(package.folder / source["path"])
+    config["detect"] = {"training_files": [str(package.folder / p) for p in DetectConfig().training_files]}
+    mixture = yaml.safe_load((REPO / config["sample"]["mixture"]).read_text())
+    mixture["export"]["dir"] = str(folder / "exports")
+    (folder / "mixture.yaml").write_text(yaml.safe_dump(mixture))
+    config["sample"]["mixture"] = str(folder / "mixture.yaml")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return {
+        "spark_conn_id": "cleanwell_cluster",
+        "spark_home": str(cluster.spark_home),
+        "config": str(folder / "config.yaml"),
+        "lake_root": str(folder / "lake"),
+        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+        "artifact_root": str(folder / "mlartifacts"),
+        "launcher": str(package.launcher),
+        "py_files": ",".join(map(str, [package.pyfiles, *(j for j in package.jars if "delta-spark" in j.name)])),
+        "jars": ",".join(map(str, package.jars)),
+        "env_archive": str(package.env),
+        "executor_python": "./env/bin/python",
+        "driver_python": str(driver_env / "bin" / "python"),
+        # The DAG sets the Python settings; the rest as the spark-submit test passes them.
+        "spark_conf": {k: v for k, v in SPARK_CONF.items() if not k.startswith("spark.pyspark.")},
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_dag_run(airflow_home, spark_cluster: SparkCluster, packaged: Package, tmp_path_factory):
+    """The cleanwell DAG run once with dag.test() on the demo: (params, harness result, output)."""
+    folder = tmp_path_factory.mktemp("airflow-demo")
+    with tarfile.open(packaged.env) as archive:  # the environment unpacked on the "Airflow worker"
+        archive.extractall(folder / "worker-env", filter="tar")
+    conf = cluster_run_conf(folder, spark_cluster, packaged, folder / "worker-env")
+    env = airflow_environment(airflow_home, AIRFLOW_CONN_CLEANWELL_CLUSTER=json.dumps(
+        {"conn_type": "spark", "host": spark_cluster.master_url}))
+    # No retries: a failure shows at once (a retry would wait the DAG's retry delay and hide it).
+    result, output = harness(env, "run", str(DAGS), DAG_ID, write_runs(folder, conf), "--retries", "0",
+                             cwd=folder, timeout=2400)
+    return conf, result, output
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_cluster, demo, spark):
+    from mlflow import MlflowClient
+
+    from jobs.common import tables
+    from jobs.common.tracking import PIPELINE_RUN_ID_TAG
+
+    conf, result, output = demo_dag_run
+    (run,) = result["runs"]
+    assert run["tasks"] == {name: {"state": "success", "try_number": 1} for name in STEP_NAMES}, \
+        readable(output)
+    assert run["state"] == "success"
+    assert f"--master {spark_cluster.master_url}" in output
+
+    lake = Path(conf["lake_root"])
+    gold = tables.read_table(spark, tables.TableRef("gold", str(lake / "gold_mixture"), True))
+    ids = sorted(r["doc_id"] for r in gold.select("doc_id").collect())
+    local_cfg, _, _ = demo
+    local_ids = sorted(r["doc_id"] for r in tables.read_table(spark, tables.table_ref(local_cfg, "gold"))
+                       .select("doc_id").collect())
+    assert ids and ids == local_ids
+    assert (lake / "manifests" / "demo" / "latest.json").is_file()
+    assert (lake / "reports" / "latest.html").is_file()
+
+    # Every step's MLflow run is grouped under Airflow's run id (CLEANWELL_PIPELINE_RUN_ID).
+    client = MlflowClient(tracking_uri=conf["tracking_uri"])
+    step_runs = [r for r in client.search_runs([client.get_experiment_by_name("cleanwell").experiment_id])
+                 if r.data.tags.get("cleanwell.step")]
+    assert sorted(r.data.tags["cleanwell.step"] for r in step_runs) == sorted(STEP_NAMES)
+    assert {r.data.tags[PIPELINE_RUN_ID_TAG] for r in step_runs} == {run["run_id"]}
+    assert spark_cluster.executor_dirs()  # the steps' executors ran on the cluster's workers
