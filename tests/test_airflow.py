@@ -21,6 +21,7 @@ import yaml
 
 from jobs.common.session import delta_jar_paths
 from jobs.pipeline import STEP_NAMES, STEPS
+from tests.airflow_harness import RESULT_MARKER
 from tests.conftest import DEMO_CONFIG, REPO
 from tests.servers import Package, SparkCluster, clean_environment, spark_home
 
@@ -28,7 +29,6 @@ AIRFLOW_VENV = REPO / ".venv-airflow"
 HARNESS = REPO / "tests" / "airflow_harness.py"
 DAGS = REPO / "dags"
 DAG_ID = "cleanwell"
-RESULT_MARKER = "RESULT "  # tests/airflow_harness.py
 
 
 def expected_upstream(steps) -> dict[str, set[str]]:
@@ -61,13 +61,17 @@ def readable(output: str, limit: int = 8000) -> str:
 
 
 def harness(env: dict[str, str], *args: str, cwd: Path, timeout: float) -> tuple[dict, str]:
-    """Run tests/airflow_harness.py in the Airflow venv; its JSON result and its whole output (also
-    written to ``cwd``/airflow-harness.log)."""
-    proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "python"), str(HARNESS), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
-    output = proc.stdout + proc.stderr
-    (cwd / "airflow-harness.log").write_text(output)
-    results = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    """Run tests/airflow_harness.py in the Airflow venv; its JSON result and its whole output, which
+    goes to ``cwd``/airflow-harness.log as it runs."""
+    log = cwd / "airflow-harness.log"
+    with log.open("w") as out:
+        try:
+            proc = subprocess.run([str(AIRFLOW_VENV / "bin" / "python"), str(HARNESS), *args], env=env, cwd=cwd,
+                                  stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"Airflow did not finish in {timeout:.0f} s:\n{readable(log.read_text())}")
+    output = log.read_text()
+    results = [line for line in output.splitlines() if line.startswith(RESULT_MARKER)]
     assert proc.returncode == 0 and results, readable(output)
     return json.loads(results[-1].removeprefix(RESULT_MARKER)), output
 
@@ -159,10 +163,15 @@ def test_exit_code_2_fails_at_once_and_other_failures_retry(airflow_home, tmp_pa
     assert not (tmp_path / "lake").exists()  # nothing ran past the failures
 
 
-def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, driver_env: Path) -> dict:
+def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, python_env: Path) -> dict:
     """DAG params for the demo on the standalone cluster with `make package`'s output, everything the
     run writes under ``folder``. The config is the demo's with every input path absolute: a task's
-    working directory is Airflow's, not dist/."""
+    working directory is Airflow's, not dist/.
+
+    The packed environment is unpacked once at ``python_env``, where the driver and the executors find
+    it, as on nodes with the environment installed (``env_archive`` empty): shipping it with each of
+    the nine applications costs each executor ~1 GB of disk and a minute of unpacking, and
+    tests/test_cluster.py already proves the shipped archive."""
     from jobs.common.config import DetectConfig
     from tests.test_cluster import SPARK_CONF
 
@@ -185,9 +194,9 @@ def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, driv
         "launcher": str(package.launcher),
         "py_files": ",".join(map(str, [package.pyfiles, *(j for j in package.jars if "delta-spark" in j.name)])),
         "jars": ",".join(map(str, package.jars)),
-        "env_archive": str(package.env),
-        "executor_python": "./env/bin/python",
-        "driver_python": str(driver_env / "bin" / "python"),
+        "env_archive": "",
+        "executor_python": str(python_env / "bin" / "python"),
+        "driver_python": str(python_env / "bin" / "python"),
         # The DAG sets the Python settings; the rest as the spark-submit test passes them.
         "spark_conf": {k: v for k, v in SPARK_CONF.items() if not k.startswith("spark.pyspark.")},
     }
@@ -195,17 +204,20 @@ def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, driv
 
 @pytest.fixture(scope="module")
 def demo_dag_run(airflow_home, spark_cluster: SparkCluster, packaged: Package, tmp_path_factory):
-    """The cleanwell DAG run once with dag.test() on the demo: (params, harness result, output)."""
+    """The cleanwell DAG run once with dag.test() on the demo: (params, harness result, output, the
+    cluster's applications that finished during the run)."""
     folder = tmp_path_factory.mktemp("airflow-demo")
-    with tarfile.open(packaged.env) as archive:  # the environment unpacked on the "Airflow worker"
-        archive.extractall(folder / "worker-env", filter="tar")
-    conf = cluster_run_conf(folder, spark_cluster, packaged, folder / "worker-env")
+    with tarfile.open(packaged.env) as archive:  # the environment installed on the "nodes"
+        archive.extractall(folder / "node-env", filter="tar")
+    conf = cluster_run_conf(folder, spark_cluster, packaged, folder / "node-env")
     env = airflow_environment(airflow_home, AIRFLOW_CONN_CLEANWELL_CLUSTER=json.dumps(
         {"conn_type": "spark", "host": spark_cluster.master_url}))
+    apps_before = {app["id"] for app in spark_cluster.state()["completedapps"]}
     # No retries: a failure shows at once (a retry would wait the DAG's retry delay and hide it).
     result, output = harness(env, "run", str(DAGS), DAG_ID, write_runs(folder, conf), "--retries", "0",
-                             cwd=folder, timeout=2400)
-    return conf, result, output
+                             cwd=folder, timeout=3600)
+    new_apps = [app for app in spark_cluster.state()["completedapps"] if app["id"] not in apps_before]
+    return conf, result, output, new_apps
 
 
 @pytest.mark.slow
@@ -216,7 +228,7 @@ def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_
     from jobs.common import tables
     from jobs.common.tracking import PIPELINE_RUN_ID_TAG
 
-    conf, result, output = demo_dag_run
+    conf, result, output, applications = demo_dag_run
     (run,) = result["runs"]
     assert run["tasks"] == {name: {"state": "success", "try_number": 1} for name in STEP_NAMES}, \
         readable(output)
@@ -239,4 +251,4 @@ def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_
                  if r.data.tags.get("cleanwell.step")]
     assert sorted(r.data.tags["cleanwell.step"] for r in step_runs) == sorted(STEP_NAMES)
     assert {r.data.tags[PIPELINE_RUN_ID_TAG] for r in step_runs} == {run["run_id"]}
-    assert spark_cluster.executor_dirs()  # the steps' executors ran on the cluster's workers
+    assert len(applications) == len(STEP_NAMES)  # one spark-submit application per step, on the cluster
