@@ -16,13 +16,11 @@ Never ``pathlib.Path`` on something a user typed: ``Path("s3://b/x")`` is ``s3:/
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import os
 import posixpath
 import shutil
 import tempfile
-from collections.abc import Iterator
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
@@ -116,19 +114,6 @@ def join(base: str, *parts: str) -> str:
     if is_url(base):
         return posixpath.join(base, *parts)
     return os.path.join(base, *parts)
-
-
-@contextlib.contextmanager
-def local_file(path: str) -> Iterator[Path]:
-    """A local path holding the file's content (the file itself when it is local), for libraries that
-    only take local paths (MLflow's log_artifact, the JVM's log4j configuration)."""
-    if not is_url(path) and os.path.exists(path):
-        yield Path(path)
-        return
-    with tempfile.TemporaryDirectory(prefix="cleanwell-") as tmp:
-        copy = Path(tmp) / posixpath.basename(path.rstrip("/"))
-        copy.write_bytes(read_bytes(path))
-        yield copy
 
 
 def materialized_conf(name: str) -> Path:

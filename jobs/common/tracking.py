@@ -130,8 +130,8 @@ def git_sha() -> str | None:
 
 def context_tags() -> dict[str, str]:
     """Where a run's code came from and which scheduler started it; only the tags that are known."""
-    tags = {"cleanwell.version": package_version(), "cleanwell.git_sha": git_sha(),
-            "mlflow.source.git.commit": git_sha()}
+    sha = git_sha()
+    tags = {"cleanwell.version": package_version(), "cleanwell.git_sha": sha, "mlflow.source.git.commit": sha}
     tags.update({tag: os.environ.get(variable) for variable, tag in AIRFLOW_CONTEXT_TAGS.items()})
     return {name: value for name, value in tags.items() if value}
 
