@@ -43,7 +43,9 @@ def clean_environment(**extra: str) -> dict[str, str]:
     """os.environ without the test venv's Python settings: what a cluster node's shell would have."""
     venv_bin = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH")}
+           if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "VIRTUAL_ENV", "PYTHONPATH")
+           # mlflow.set_tracking_uri() in this process exports these; a node's shell has its own or none.
+           and not k.startswith("MLFLOW_")}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     env["SPARK_HOME"] = str(spark_home())
     env.update(extra)

@@ -106,6 +106,24 @@ def test_registry_uri_sends_registrations_to_its_own_store(mlflow_server, tmp_pa
     assert mlflow.get_registry_uri() == mlflow_server.uri
 
 
+def test_a_configured_tracking_uri_wins_over_the_environment_and_the_environment_over_the_default(monkeypatch):
+    # An Airflow task passes tracking.uri=… explicitly; a worker that exports MLFLOW_TRACKING_URI (or
+    # Databricks, which does) must not redirect it, but with nothing configured the variable is used.
+    from jobs.common import tracking
+
+    monkeypatch.setattr(tracking, "_USER_TRACKING_URI", "sqlite:////env/mlflow.db")
+    monkeypatch.setattr(tracking, "_USER_REGISTRY_URI", "sqlite:////env/registry.db")
+    explicit = load_config([], ["tracking.uri=sqlite:////explicit.db", "tracking.registry_uri=databricks-uc"])
+    assert (tracking.tracking_uri(explicit), tracking.registry_uri(explicit)) == ("sqlite:////explicit.db",
+                                                                                  "databricks-uc")
+    unset = load_config([], [])
+    assert (tracking.tracking_uri(unset), tracking.registry_uri(unset)) == ("sqlite:////env/mlflow.db",
+                                                                            "sqlite:////env/registry.db")
+    monkeypatch.setattr(tracking, "_USER_TRACKING_URI", None)
+    monkeypatch.setattr(tracking, "_USER_REGISTRY_URI", None)
+    assert (tracking.tracking_uri(unset), tracking.registry_uri(unset)) == ("sqlite:///mlflow.db", None)
+
+
 def test_held_back_texts_are_a_fixed_fifth_that_training_never_sees(tmp_path):
     cfg = load_config(overrides=[f"detect.training_files=[{WIKIPEDIA}]"])
     data = training_set(cfg)

@@ -78,8 +78,9 @@ class TablesConfig(Model):
 
 
 class TrackingConfig(Model):
-    uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking URI; the MLFLOW_TRACKING_URI environment "
-                     "variable overrides it.")
+    uri: str | None = Field(None, description="MLflow tracking URI. Unset (null): the MLFLOW_TRACKING_URI "
+                            "environment variable, else `sqlite:///mlflow.db`. A value given in a config file "
+                            "or on the command line wins over the environment variable.")
     experiment: str = Field("cleanwell", description="MLflow experiment name.")
     artifact_root: str = Field("./mlartifacts", description="Artifact location given to the experiment when "
                                "cleanwell creates it (ignored for an existing experiment). With a tracking "
@@ -87,8 +88,8 @@ class TrackingConfig(Model):
                                "chooses (proxied artifacts: `mlflow server --artifacts-destination`); a URI "
                                "such as `s3://bucket/mlflow` is used as given.")
     registry_uri: str | None = Field(None, description="MLflow model registry URI (e.g. `databricks-uc`, or a "
-                                     "second server); unset, MLflow uses the tracking store. The "
-                                     "MLFLOW_REGISTRY_URI environment variable overrides it.")
+                                     "second server). Unset: the MLFLOW_REGISTRY_URI environment variable, "
+                                     "else the tracking store.")
 
 
 class ProvenanceConfig(Model):

@@ -1,8 +1,9 @@
 """MLflow evidence for every run: a pipeline run is the parent, each step a child run.
 
 Params are the step's config sections (flattened), metrics its counts (rows in/out, quarantined and
-removed by reason), artifacts its manifests and gate results. The tracking URI comes from
-``MLFLOW_TRACKING_URI`` if set, else ``tracking.uri`` (default ``sqlite:///mlflow.db``); with a
+removed by reason), artifacts its manifests and gate results. The tracking URI is ``tracking.uri``
+when a config sets it, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` (an explicit
+``tracking.uri=…`` from an Airflow task must not lose to a variable the worker exports); with a
 tracking server (``http(s)://``, ``databricks``) every artifact goes through the server, so a step in
 one process (an Airflow task) finds what a step in another logged.
 
@@ -61,12 +62,16 @@ _SERVER_SCHEMES = ("http", "https", "databricks")
 _pipeline_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("pipeline_run_id", default=None)
 
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
 def tracking_uri(cfg: Config) -> str:
-    return _USER_TRACKING_URI or cfg.tracking.uri
+    """``tracking.uri`` if configured, else ``MLFLOW_TRACKING_URI`` (e.g. Databricks sets it), else sqlite."""
+    return cfg.tracking.uri or _USER_TRACKING_URI or DEFAULT_TRACKING_URI
 
 
 def registry_uri(cfg: Config) -> str | None:
-    return _USER_REGISTRY_URI or cfg.tracking.registry_uri
+    return cfg.tracking.registry_uri or _USER_REGISTRY_URI
 
 
 def is_tracking_server(uri: str) -> bool:
