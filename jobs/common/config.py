@@ -108,7 +108,11 @@ class SourceConfig(Model):
     path: str = Field(description="File or folder (read recursively) with the source's records.")
     format: Literal["jsonl", "parquet", "csv", "text"] = Field(description="jsonl: one JSON object a line; parquet; "
                                                               "csv (header row); text: one document per .txt file.")
-    glob: str | None = Field(None, description="File-name filter inside `path` (e.g. `*.jsonl`); default by format.")
+    glob: str | None = Field(None, description="File-name filter inside `path` (e.g. `*.jsonl.gz`): every file it "
+                             "matches is read as `format` (compression by suffix or content). Unset: every file is "
+                             "listed, those whose suffix the format reads (`.jsonl`/`.ndjson`/`.json`, `.csv`, "
+                             "`.txt`, each also `.gz`/`.zst`/`.bz2`/`.xz`; `.parquet`) are read, the rest counted as "
+                             "skipped (docs/ingest.md).")
     columns: dict[str, str] = Field(default_factory=dict, description="Document field -> input column, for fields "
                                     "whose input name differs (e.g. `text: body`).")
     defaults: dict[str, str] = Field(default_factory=dict, description="Document field -> constant used when the "
@@ -140,6 +144,13 @@ class IngestConfig(Model):
     min_text_chars: int = Field(1, ge=1, description="Documents with fewer characters after normalisation are "
                                 "quarantined as `empty_text`.")
     raw_preview_chars: int = Field(2000, ge=0, description="How much of a rejected record the quarantine row keeps.")
+    max_record_bytes: int = Field(64 << 20, gt=0, description="A JSONL line, CSV field or text file larger than this "
+                                  "is quarantined as `text_too_large` without being held in memory.")
+    split_bytes: int = Field(128 << 20, ge=1024, description="Uncompressed JSONL files larger than this are read as "
+                             "byte ranges in parallel (line numbers stay exact); also the most bytes one read task "
+                             "packs small files into.")
+    batch_rows: int = Field(2000, ge=1, description="Records per Arrow batch a read task hands to Spark (a batch is "
+                            "also cut at 64 MiB of text), which bounds a task's memory.")
 
     @field_validator("sources")
     @classmethod

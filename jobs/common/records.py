@@ -1,9 +1,12 @@
-"""Turn the bytes of one input file into documents or quarantine rows (pure Python, no Spark).
+"""Turn input files into documents or quarantine rows (pure Python, no Spark).
 
-Every record of the file comes out exactly once: as a document (``reason`` None) or as a rejection
+Every record of a file comes out exactly once: as a document (``reason`` None) or as a rejection
 with a reason, the file and the line (or row number) — never dropped silently. Parsing is strict on
 purpose: invalid UTF-8 is a rejection, not a replacement character, because a replacement
 character silently changes the text and its ``doc_id``.
+
+Files are read as streams (fsspec, then gzip / zstd / bz2 / xz decompression chosen by the content's
+magic bytes), so memory is bounded by the largest record, never by the file; docs/ingest.md.
 """
 from __future__ import annotations
 
@@ -11,11 +14,17 @@ import csv
 import datetime as dt
 import io
 import json
+import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
+
+import fsspec
+import pyarrow as pa
 
 from jobs.common.config import DOCUMENT_FIELDS, ORIGINS, IngestConfig, ProvenanceConfig, SourceConfig
+from jobs.common.errors import SetupError
+from jobs.common.storage import _fsspec_path
 from udfs.text import content_hash, normalize_text
 
 DATE_FIELDS = ("created_at", "crawled_at")
@@ -151,40 +160,209 @@ def _from_mapping(record: Any, raw: bytes | str, settings: ParseSettings) -> dic
         return _rejection(rej.reason, rej.detail, raw, settings)
 
 
-def _jsonl(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(content.split(b"\n"), start=1):
-        line = line.rstrip(b"\r")
-        if not line.strip():
-            continue  # blank lines separate records; they are not records
-        try:
-            decoded = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            yield number, _rejection("invalid_utf8", f"byte {exc.start}: {exc.reason}", line, settings)
-            continue
-        try:
-            record = json.loads(decoded)
-        except json.JSONDecodeError as exc:
-            yield number, _rejection("malformed_json", str(exc), line, settings)
-            continue
-        if not isinstance(record, dict):
-            yield number, _rejection("not_an_object", f"JSON {type(record).__name__}, expected an object",
-                                     line, settings)
-            continue
-        yield number, _from_mapping(record, line, settings)
+# --- reading files as streams ------------------------------------------------------------------------------------
+
+# Compression by file-name suffix; the content's magic bytes are checked too (see ``_sniff``).
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
+# What each format reads when a source sets no glob; the streamed formats also read these names compressed.
+FORMAT_SUFFIXES = {"jsonl": (".jsonl", ".ndjson", ".json"), "csv": (".csv",), "parquet": (".parquet",),
+                   "text": (".txt",)}
+_READ_BUFFER = 1 << 20
+_SKIP_CHUNK = 1 << 20
+_BZ2_BLOCK_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")  # first block, or end of stream
+# What a broken stream raises while being read: truncated or corrupt compressed data (OSError, EOFError,
+# pyarrow's ArrowInvalid is a ValueError, lzma.LZMAError), a file deleted or unreadable mid-read (OSError).
+_STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError)
 
 
-def _csv(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
-    # surrogateescape keeps invalid bytes visible per row instead of failing the whole file.
-    text = content.decode("utf-8", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=settings.source.csv_delimiter)
-    try:
-        header = next(reader)
-    except StopIteration:
+@dataclass(frozen=True)
+class ReadTask:
+    """One unit of reading: a whole file, or the lines *starting* in bytes [start, end) of an uncompressed
+    JSONL file, which has ``newlines_before`` newline bytes before ``start`` (so line numbers stay exact)."""
+
+    source: int  # index of the source's ParseSettings in the reader's list
+    path: str
+    compression: str | None = None  # what the suffix names; the content's magic bytes decide
+    start: int = 0
+    end: int | None = None  # None: to the end of the file
+    newlines_before: int = 0
+
+
+class _BrokenStream(Exception):
+    """The file's bytes stopped being readable before record ``number``."""
+
+    def __init__(self, number: int, cause: BaseException):
+        super().__init__(f"reading stopped at record {number}: {type(cause).__name__}: {cause}")
+        self.number = number
+
+
+def file_kind(path: str, fmt: str, any_name: bool = False) -> tuple[str | None, str | None]:
+    """(compression its suffix names, reason to skip the file or None). With ``any_name`` (a source's own
+    glob chose the file) every file is read as ``fmt``."""
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    stem, dot, ext = name.rpartition(".")
+    compression = COMPRESSION_SUFFIXES.get(f".{ext}") if dot else None
+    if any_name:
+        return compression, None
+    if fmt == "parquet" and compression:
+        return compression, "unsupported_suffix"  # Parquet needs random access: a compressed copy is not read
+    if not (stem if compression else name).endswith(FORMAT_SUFFIXES[fmt]):
+        return compression, "unsupported_suffix"
+    return compression, None
+
+
+def _sniff(head: bytes) -> str | None:
+    """The compression the first bytes announce. None of these can start valid UTF-8 JSON, CSV or text,
+    except ``BZh``, which is checked with its block magic."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] in _BZ2_BLOCK_MAGICS:
+        return "bz2"
+    return None
+
+
+def _decompressed(stream: BinaryIO, codec: str | None) -> BinaryIO:
+    if codec is None:
+        return stream
+    if codec == "xz":
+        return lzma.LZMAFile(stream)
+    # pyarrow's streaming codecs: C++ speed, concatenated gzip members and zstd frames, no extra dependency.
+    return io.BufferedReader(pa.CompressedInputStream(pa.PythonFile(stream, mode="r"), codec), _READ_BUFFER)
+
+
+def ensure_readable_scheme(path: str) -> None:
+    """Raise SetupError when fsspec cannot open files of this path's scheme here (its package is missing)."""
+    protocol, _ = fsspec.core.split_protocol(_fsspec_path(path))
+    if protocol is None:
         return
-    start = reader.line_num + 1
-    for row in reader:
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise SetupError(f"cannot read {protocol}:// files: {exc}. Install the fsspec implementation for it "
+                         "(s3fs for s3/s3a, adlfs for abfs/abfss, gcsfs for gs) on the driver and executors"
+                         ) from None
+
+
+def _open(path: str) -> BinaryIO:
+    """The file through fsspec, the layer storage.py uses (``file:/``, ``s3a://``, ``dbfs:/`` as /dbfs/…)."""
+    try:
+        return fsspec.open(_fsspec_path(path), "rb").open()
+    except (ImportError, ValueError):
+        ensure_readable_scheme(path)
+        raise
+
+
+def count_newlines(path: str, start: int, end: int) -> tuple[int, str | None]:
+    """Newline bytes in [start, end) of the file; for start 0 also the compression its content announces
+    (then the count is 0: a compressed file is not split)."""
+    count, position = 0, start
+    with _open(path) as raw:
+        raw.seek(start)
+        while position < end:
+            chunk = raw.read(min(end - position, 8 << 20))
+            if not chunk:
+                break
+            if position == 0 and (codec := _sniff(chunk[:16])):
+                return 0, codec
+            count += chunk.count(b"\n")
+            position += len(chunk)
+    return count, None
+
+
+def _skip_line(stream: BinaryIO) -> tuple[bytes, int]:
+    """Consume the rest of the current line without keeping it: (its first byte, its length)."""
+    first, size = b"", 0
+    while True:
+        chunk = stream.readline(_SKIP_CHUNK)
+        first, size = first or chunk[:1], size + len(chunk)
+        if not chunk or chunk.endswith(b"\n"):
+            return first, size
+
+
+def _lines(stream: BinaryIO, task: ReadTask, limit: int) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, line cut at ``limit + 1`` bytes, full length) of every line starting in the task's range."""
+    position, number = task.start, task.newlines_before
+    try:
+        if task.start:
+            # The stream is at start - 1: the line that byte ends belongs to the previous range.
+            first, size = _skip_line(stream)
+            position += size - 1
+            number += 0 if first == b"\n" else 1
+        while task.end is None or position < task.end:
+            line = stream.readline(limit + 1)
+            if not line:
+                return
+            size = len(line)
+            if size > limit and not line.endswith(b"\n"):
+                size += _skip_line(stream)[1]
+            position, number = position + size, number + 1
+            yield number, line, size
+    except _STREAM_ERRORS as exc:
+        raise _BrokenStream(number + 1, exc) from exc
+
+
+def _jsonl_line(line: bytes, settings: ParseSettings) -> dict[str, Any]:
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _rejection("invalid_utf8", f"byte {exc.start}: {exc.reason}", line, settings)
+    try:
+        record = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return _rejection("malformed_json", str(exc), line, settings)
+    if not isinstance(record, dict):
+        return _rejection("not_an_object", f"JSON {type(record).__name__}, expected an object", line, settings)
+    return _from_mapping(record, line, settings)
+
+
+def _too_large(what: str, size: int, head: bytes, settings: ParseSettings) -> dict[str, Any]:
+    limit = settings.ingest.max_record_bytes
+    preview = head[:4 * settings.ingest.raw_preview_chars]
+    return {**_rejection("text_too_large", f"{what} of {size} bytes exceeds ingest.max_record_bytes ({limit}); "
+                         "not parsed", preview, settings), "raw_bytes": size}
+
+
+def _jsonl(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+    limit = settings.ingest.max_record_bytes
+    for number, line, size in _lines(stream, task, limit):
+        record = line.removesuffix(b"\n")
+        if len(record) > limit:
+            yield number, _too_large("line", size, line, settings)
+        elif (record := record.rstrip(b"\r")).strip():  # blank lines separate records; they are not records
+            yield number, _jsonl_line(record, settings)
+
+
+def _csv(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+    # The field limit is per process; raising it to the record limit lets a long text field through.
+    csv.field_size_limit(max(csv.field_size_limit(), settings.ingest.max_record_bytes))
+    # surrogateescape keeps invalid bytes visible per row instead of failing the whole file.
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    delimiter = settings.source.csv_delimiter
+    reader = csv.reader(text, delimiter=delimiter)
+    start = 1
+    header: list[str] | None = None
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number, start = start, reader.line_num + 1
+            yield number, _rejection("malformed_csv", f"{'header: ' if header is None else ''}{exc}", None, settings)
+            if header is None:
+                return  # without a header no row can be mapped
+            continue
+        except _STREAM_ERRORS as exc:
+            raise _BrokenStream(start, exc) from exc
         number, start = start, reader.line_num + 1
-        raw = settings.source.csv_delimiter.join(row)
+        if header is None:
+            header = row
+            continue
+        raw = delimiter.join(row)
         if any("\udc80" <= ch <= "\udcff" for ch in raw):
             yield number, _rejection("invalid_utf8", "row contains bytes that are not UTF-8",
                                      raw.encode("utf-8", errors="surrogateescape"), settings)
@@ -197,19 +375,40 @@ def _csv(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[st
         yield number, _from_mapping(dict(zip(header, row, strict=True)), raw, settings)
 
 
-def _parquet(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+def _parquet(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(content))
+        batches = pq.ParquetFile(stream).iter_batches(batch_size=settings.ingest.batch_rows)
     except Exception as exc:  # pyarrow raises several types for corrupt files; all mean the same here
-        yield 0, _rejection("unreadable_file", f"not a readable Parquet file: {exc}", content[:200], settings)
+        stream.seek(0)
+        yield 0, _rejection("unreadable_file", f"not a readable Parquet file: {exc}", stream.read(200), settings)
         return
-    for number, record in enumerate(table.to_pylist(), start=1):
-        yield number, _from_mapping(record, json.dumps(record, ensure_ascii=False, default=str), settings)
+    number = 0
+    while True:  # a batch at a time (within one row group), never the whole table
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # a corrupt row group after readable ones: the rows read so far stand
+            raise _BrokenStream(number + 1, exc) from exc
+        if batch is None:
+            return
+        for record in batch.to_pylist():
+            number += 1
+            yield number, _from_mapping(record, json.dumps(record, ensure_ascii=False, default=str), settings)
 
 
-def _text(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+def _text(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+    limit = settings.ingest.max_record_bytes
+    try:
+        content = stream.read(limit + 1)
+        if len(content) > limit:
+            size = len(content)
+            while chunk := stream.read(_SKIP_CHUNK):
+                size += len(chunk)
+            yield 1, _too_large("file", size, content, settings)
+            return
+    except _STREAM_ERRORS as exc:
+        raise _BrokenStream(1, exc) from exc
     try:
         decoded = content.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -219,11 +418,62 @@ def _text(content: bytes, settings: ParseSettings) -> Iterator[tuple[int, dict[s
 
 
 PARSERS = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet, "text": _text}
-DEFAULT_GLOBS = {"jsonl": "*.jsonl", "csv": "*.csv", "parquet": "*.parquet", "text": "*.txt"}
+
+
+def _records(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+    parser = PARSERS[settings.source.format]
+    if settings.source.format == "parquet":
+        yield from parser(stream, task, settings)  # random access; its pages carry their own compression
+        return
+    buffered = io.BufferedReader(stream, _READ_BUFFER)
+    if task.start:
+        yield from parser(buffered, task, settings)  # a byte range of a file known to be plain
+        return
+    try:
+        head = buffered.peek(16)[:16]
+    except _STREAM_ERRORS as exc:
+        raise _BrokenStream(0, exc) from exc
+    codec = _sniff(head)
+    if task.compression and codec is None:
+        yield 0, _rejection("unreadable_file", f"the name says {task.compression} but the content is not "
+                            f"(first bytes {head[:8].hex(' ')}); not read", head, settings)
+        return
+    yield from parser(_decompressed(buffered, codec), task, settings)
+
+
+def parse_stream(task: ReadTask, stream: BinaryIO, settings: ParseSettings) -> Iterator[dict[str, Any]]:
+    """Every record of the task's file (or byte range), as a document or a rejection, with source, file and
+    line set (line 0: the file as a whole). Reads incrementally: memory is bounded by the largest record
+    (``ingest.max_record_bytes``) and a read buffer, not by the file. A stream that breaks mid-file
+    (truncated gzip, corrupt row group) ends in one ``unreadable_file`` row; the records before it stand."""
+    rows = _records(stream, task, settings)
+    while True:
+        try:
+            number, row = next(rows)
+        except StopIteration:
+            return
+        except _BrokenStream as broken:
+            number, row = broken.number, _rejection("unreadable_file", str(broken), None, settings)
+            rows = iter(())
+        row.update(source=settings.source.name, source_file=task.path, source_line=number)
+        yield row
+
+
+def read_task(task: ReadTask, settings: ParseSettings) -> Iterator[dict[str, Any]]:
+    """Open the task's file and parse it; a file that cannot be opened is one ``unreadable_file`` row."""
+    try:
+        raw = _open(task.path)
+    except OSError as exc:
+        yield {**_rejection("unreadable_file", f"cannot open: {type(exc).__name__}: {exc}", None, settings),
+               "source": settings.source.name, "source_file": task.path, "source_line": 0}
+        return
+    with raw:
+        if task.start:
+            raw.seek(task.start - 1)
+        yield from parse_stream(task, raw, settings)
 
 
 def parse_file(path: str, content: bytes, settings: ParseSettings) -> Iterator[dict[str, Any]]:
-    """Every record of one file, as a document or a rejection, with source, file and line set."""
-    for number, row in PARSERS[settings.source.format](content, settings):
-        row.update(source=settings.source.name, source_file=path, source_line=number)
-        yield row
+    """Every record of one file held in memory (tests, small inputs): the same parsers as :func:`read_task`."""
+    compression, _ = file_kind(path, settings.source.format, any_name=True)
+    yield from parse_stream(ReadTask(0, path, compression), io.BytesIO(content), settings)
