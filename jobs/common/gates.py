@@ -99,61 +99,99 @@ def _context():
     return context, batch_definition
 
 
-def validate(df: DataFrame, suite: str, specs: list[tuple[str, dict[str, Any]]]) -> GateResult:
+Specs = list[tuple[str, dict[str, Any]]]
+
+
+def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> list[GateResult]:
+    """One GX validation of every expectation of ``suites`` (each tagged with its suite in ``meta``)."""
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
     context, batch_definition = _context()
-    gx_suite = gx.ExpectationSuite(name=f"{suite}-{id(df)}-{dt.datetime.now().timestamp()}")
-    for name, kwargs in specs:
-        try:
-            gx_suite.add_expectation_configuration(ExpectationConfiguration(type=name, kwargs=kwargs))
-        except Exception as exc:  # GX raises its own error types for unknown names and bad kwargs
-            raise ConfigError(f"suite `{suite}`: {name}({kwargs}) is not a valid expectation: {exc}") from None
+    gx_suite = gx.ExpectationSuite(name=f"{'+'.join(suites)}-{id(df)}-{dt.datetime.now().timestamp()}")
+    for suite, specs in suites.items():
+        for name, kwargs in specs:
+            try:
+                gx_suite.add_expectation_configuration(
+                    ExpectationConfiguration(type=name, kwargs=kwargs, meta={"cleanwell_suite": suite}))
+            except Exception as exc:  # GX raises its own error types for unknown names and bad kwargs
+                raise ConfigError(f"suite `{suite}`: {name}({kwargs}) is not a valid expectation: {exc}") from None
     gx_suite = context.suites.add(gx_suite)
     try:
-        # BASIC: counts and a few unexpected values, without the value-count tables SUMMARY computes.
         result = batch_definition.get_batch(batch_parameters={"dataframe": df}).validate(gx_suite,
-                                                                                         result_format="BASIC")
+                                                                                         result_format=result_format)
     finally:
         context.suites.delete(gx_suite.name)
-    outcomes = []
+    outcomes: dict[str, list[Outcome]] = {suite: [] for suite in suites}
     for item in result.results:
         kwargs = {k: v for k, v in item.expectation_config.kwargs.items() if k != "batch_id"}
         observed = dict(item.result or {})
         if item.exception_info and item.exception_info.get("raised_exception"):
             observed["exception"] = item.exception_info.get("exception_message")
-        outcomes.append(Outcome(item.expectation_config.type, kwargs, bool(item.success), observed))
-    return GateResult(suite, outcomes)
+        suite = (item.expectation_config.meta or {})["cleanwell_suite"]
+        outcomes[suite].append(Outcome(item.expectation_config.type, kwargs, bool(item.success), observed))
+    return [GateResult(suite, found) for suite, found in outcomes.items()]
+
+
+def validate_all(df: DataFrame, suites: dict[str, Specs], result_format: str = "BOOLEAN_ONLY") -> list[GateResult]:
+    """Every suite's outcome on ``df``, from one validation.
+
+    Why one validation with ``BOOLEAN_ONLY``: GX resolves the metrics of one validation together
+    (one Spark aggregation per domain), so five suites of silver in one run take 19 Spark jobs where
+    five runs with ``BASIC`` take 113 (docs/performance.md). ``BOOLEAN_ONLY`` computes what success
+    needs and no unexpected-value lists; when an expectation fails, the suites are validated again
+    with ``BASIC`` so that the error and ``gate_results`` say what was found."""
+    results = _run_suites(df, suites, result_format)
+    if result_format == "BOOLEAN_ONLY" and not all(r.success for r in results):
+        results = _run_suites(df, suites, "BASIC")
+    return results
+
+
+def validate(df: DataFrame, suite: str, specs: Specs, result_format: str = "BOOLEAN_ONLY") -> GateResult:
+    (result,) = validate_all(df, {suite: specs}, result_format)
+    return result
 
 
 def record(cfg: Config, spark, result: GateResult, log: RunLog, target: str) -> None:
-    """Append the outcomes to the gate_results table and log them to MLflow (pass or fail)."""
+    """Queue the outcomes for the gate_results table (written by :func:`flush`, once per step) and log
+    them to MLflow (pass or fail)."""
     now = dt.datetime.now(dt.UTC)
-    rows = [(log.run_id, log.step, target, result.suite, o.expectation, json.dumps(o.kwargs, default=str), o.success,
-             json.dumps(o.observed, default=str)[:20000], now) for o in result.outcomes]
-    tables.append(spark.createDataFrame(rows, GATE_RESULT_SCHEMA), tables.table_ref(cfg, "gate_results"),
-                  run_id=log.run_id)
+    log.gate_rows.extend(
+        (log.run_id, log.step, target, result.suite, o.expectation, json.dumps(o.kwargs, default=str), o.success,
+         json.dumps(o.observed, default=str)[:20000], now) for o in result.outcomes)
     log.metric(f"gate.{result.suite}.success", result.success)
     log.metric(f"gate.{result.suite}.failed_expectations", len(result.failures))
     log.artifact_json({"suite": result.suite, "success": result.success,
                        "outcomes": [o.__dict__ for o in result.outcomes]}, f"gates/{result.suite}.json")
 
 
-def check(cfg: Config, df: DataFrame, suite: str, log: RunLog, target: str,
-          params: dict[str, Any] | None = None) -> GateResult | None:
-    """Validate ``df`` with ``suite`` (``${name}`` in it replaced from ``params``), record the outcome,
-    raise :class:`GateFailed` if any expectation failed."""
+def flush(cfg: Config, spark, log: RunLog) -> None:
+    """Append the step's queued gate outcomes to gate_results in one commit (the runner calls this when a
+    step ends, also when it fails: a failed gate's rows are what a user queries)."""
+    if log.gate_rows:
+        tables.append(spark.createDataFrame(log.gate_rows, GATE_RESULT_SCHEMA), tables.table_ref(cfg, "gate_results"),
+                      run_id=log.run_id)
+        log.gate_rows.clear()
+
+
+def check(cfg: Config, df: DataFrame, suite: str | list[str], log: RunLog, target: str,
+          params: dict[str, Any] | None = None) -> list[GateResult]:
+    """Validate ``df`` with each suite named (``${name}`` in them replaced from ``params``), record the
+    outcomes, raise :class:`GateFailed` if any expectation failed."""
+    names = [suite] if isinstance(suite, str) else list(suite)
     if not cfg.gates.enabled:
-        log.tags({f"gate.{suite}": "disabled"})
-        return None
-    result = validate(df, suite, load_suite(cfg, suite, params))
-    record(cfg, df.sparkSession, result, log, target)
-    if not result.success:
-        lines = "\n".join(f"  - {o.describe()}" for o in result.failures)
-        raise GateFailed(f"gate `{suite}` failed for {target}; nothing was published "
-                         f"(the table's previous version is still the latest):\n{lines}", result)
-    return result
+        log.tags({f"gate.{name}": "disabled" for name in names})
+        return []
+    specs = {name: load_suite(cfg, name, params) for name in names}
+    results = validate_all(df, specs, cfg.gates.result_format)
+    for result in results:
+        record(cfg, df.sparkSession, result, log, target)
+    failed = [r for r in results if not r.success]
+    if failed:
+        lines = "\n".join(f"  - {o.describe()}" for r in failed for o in r.failures)
+        raise GateFailed(f"gate `{', '.join(r.suite for r in failed)}` failed for {target}; nothing was published "
+                         f"(the table's previous version is still the latest):\n{lines}", failed[0])
+    return results
 
 
 def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log: RunLog,
@@ -165,8 +203,7 @@ def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log
     owned = not df.is_cached
     staged = df.persist(StorageLevel.MEMORY_AND_DISK) if owned else df
     try:
-        for name in [suite] if isinstance(suite, str) else suite:
-            check(cfg, staged, name, log, str(ref))
+        check(cfg, staged, suite, log, str(ref))
         return write(staged, ref)
     finally:
         if owned:

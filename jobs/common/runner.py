@@ -19,7 +19,7 @@ from typing import Any
 import click
 from pyspark.sql import SparkSession
 
-from jobs.common import tables
+from jobs.common import gates, tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import CleanwellError
 from jobs.common.session import get_spark
@@ -96,16 +96,18 @@ def fingerprint(spark: SparkSession, cfg: Config, step: Step, runs: list | None 
     return prints
 
 
-def is_up_to_date(spark: SparkSession, cfg: Config, step: Step, config_hash: str) -> bool:
-    """Same config hash and same input state as the step's last successful run, outputs still there."""
-    runs = _successful_runs(spark, cfg)
+def is_up_to_date(spark: SparkSession, cfg: Config, step: Step, config_hash: str, runs: list | None = None,
+                  inputs: dict[str, str] | None = None) -> bool:
+    """Same config hash and same input state (``inputs``: the fingerprint, if already taken) as the step's
+    last successful run, outputs still there."""
+    runs = _successful_runs(spark, cfg) if runs is None else runs
     last = max((r for r in runs if r["step"] == step.name), key=lambda r: r["finished_at"], default=None)
     if last is None or last["config_hash"] != config_hash:
         return False
     written = {k for k, v in dict(last["outputs"]).items() if v != "absent"}
     if any(_version_key(spark, cfg, k.removeprefix("table:")) == "absent" for k in written):
         return False  # an output it wrote has been deleted since
-    return fingerprint(spark, cfg, step, runs) == dict(last["inputs"])
+    return (fingerprint(spark, cfg, step, runs) if inputs is None else inputs) == dict(last["inputs"])
 
 
 def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, config_hash: str,
@@ -150,17 +152,27 @@ def execute(step: Step, spark: SparkSession, cfg: Config, force: bool = False,
     """Run one step (or skip it when up to date) inside its own MLflow run."""
     start = time.perf_counter()
     config_hash = cfg.section_hash(*step.config_sections)
-    if not force and is_up_to_date(spark, cfg, step, config_hash):
+    # Read once: the up-to-date check and the run's record both need the runs and the input fingerprint.
+    runs = _successful_runs(spark, cfg)
+    inputs = fingerprint(spark, cfg, step, runs)
+    if not force and is_up_to_date(spark, cfg, step, config_hash, runs, inputs):
         echo(f"[{step.name}] up to date (inputs and config unchanged since the last successful run); "
              "--force reruns it")
         return StepOutcome(step.name, "up-to-date", time.perf_counter() - start)
     echo(f"[{step.name}] running …")
-    inputs = fingerprint(spark, cfg, step)
     params = {name: getattr(cfg, name).model_dump(mode="json") for name in step.config_sections}
     with tracked_run(cfg, step.name, params=params) as log:
         log.tags({"cleanwell.config_hash": config_hash, **{f"input.{k}": v for k, v in inputs.items()}})
-        with spark_progress(spark, step.name, echo):
-            summary = step.run(spark, cfg, log) or {}
+        try:
+            with spark_progress(spark, step.name, echo):
+                summary = step.run(spark, cfg, log) or {}
+        except BaseException:
+            # A failed gate's outcomes are what a user queries; a failure to write them must not hide the
+            # step's own error (they are in the run's MLflow artifacts too).
+            with contextlib.suppress(Exception):
+                gates.flush(cfg, spark, log)
+            raise
+        gates.flush(cfg, spark, log)  # the step's gate outcomes, in one commit
         seconds = time.perf_counter() - start
         log.metric("seconds", seconds)
         _record_success(spark, cfg, step, log.run_id, config_hash, inputs, summary)

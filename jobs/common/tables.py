@@ -123,10 +123,10 @@ def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replac
     return current_version(df.sparkSession, ref)
 
 
-def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> int:
+def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> None:
+    """Add rows in one commit (bookkeeping tables: no version lookup, which costs a log read)."""
     writer = _writer(df, run_id).mode("append").option("mergeSchema", "true")
     writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
-    return current_version(df.sparkSession, ref)
 
 
 def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:

@@ -166,6 +166,8 @@ class RunLog:
     step: str
     metrics: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    # gate_results rows queued by gates.record, appended in one commit when the step ends (gates.flush).
+    gate_rows: list[tuple] = field(default_factory=list)
 
     def metric(self, name: str, value: float) -> None:
         self.metrics[name] = float(value)
