@@ -320,21 +320,39 @@ def _fill(copies: DataFrame, chosen: DataFrame, mixture: MixtureConfig) -> DataF
 
 # --- 4. gates, manifest, publication --------------------------------------------------------------
 
-def mixture_summary(gold: DataFrame, mixture: MixtureConfig) -> dict[str, Any]:
+def gold_cells(gold: DataFrame, mixture: MixtureConfig) -> list[dict[str, Any]]:
+    """Rows and tokens of ``gold`` per (group, source, cluster, origin, epoch, duplicate marks): one
+    aggregation (a few hundred cells) from which the gate's numbers and every manifest breakdown are
+    summed on the driver, instead of a Spark job per number."""
+    marks = {f"_{c}": F.col(c).isNotNull() if c in gold.columns else F.lit(False)
+             for c in ("duplicate_of", "semantic_duplicate_of")}
+    marks["_over_epoch_cap"] = F.col("epoch") >= epochs_allowed(mixture)  # per-source caps: a column
+    keys = [F.col(mixture.group_by).cast("string").alias("_group"), "source", "cluster_id", "effective_origin",
+            "epoch", *(mark.alias(name) for name, mark in marks.items())]
+    return [r.asDict() for r in gold.groupBy(*keys).agg(F.count("*").alias("_rows"),
+                                                        F.sum("n_tokens").alias("_tokens")).collect()]
+
+
+def _sum_by(cells: list[dict[str, Any]], key: str, value: str = "_tokens") -> dict[Any, int]:
+    totals: dict[Any, int] = {}
+    for cell in cells:
+        totals[cell[key]] = totals.get(cell[key], 0) + int(cell[value] or 0)
+    return totals
+
+
+def mixture_summary(gold: DataFrame, mixture: MixtureConfig,
+                    cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The numbers the `mixture` gate checks, from the rows about to be published."""
+    cells = gold_cells(gold, mixture) if cells is None else cells
     budget = mixture.token_budget
-    tokens = int(gold.agg(F.sum("n_tokens")).first()[0] or 0)
-    by_group = {r["g"]: r["t"] for r in gold.groupBy(F.col(mixture.group_by).cast("string").alias("g"))
-                .agg(F.sum("n_tokens").alias("t")).collect()}
-    by_source = {r["source"]: r["t"] for r in gold.groupBy("source").agg(F.sum("n_tokens").alias("t")).collect()}
-    synthetic = gold.where(F.col("effective_origin") == "synthetic").agg(F.sum("n_tokens")).first()[0] or 0
-    duplicates = 0
-    for column in ("duplicate_of", "semantic_duplicate_of"):
-        if column in gold.columns:
-            duplicates += gold.where(F.col(column).isNotNull()).count()
+    tokens = sum(int(c["_tokens"] or 0) for c in cells)
+    by_group = _sum_by(cells, "_group")
+    by_source = _sum_by(cells, "source")
+    synthetic = sum(int(c["_tokens"] or 0) for c in cells if c["effective_origin"] == "synthetic")
+    duplicates = sum(c["_rows"] * (int(c["_duplicate_of"]) + int(c["_semantic_duplicate_of"])) for c in cells)
     total_weight = sum(mixture.weights.values())
     weight_errors = {g: abs(by_group.get(g, 0) / max(tokens, 1) - w / total_weight) for g, w in mixture.weights.items()}
-    epochs_over = gold.where(F.col("epoch") >= epochs_allowed(mixture)).count()
+    epochs_over = sum(c["_rows"] for c in cells if c["_over_epoch_cap"])
     return {"tokens": tokens, "budget_error": abs(tokens / budget - 1), "synthetic_share": synthetic / budget,
             "duplicates_included": duplicates, "max_weight_error": max(weight_errors.values()),
             "max_source_share": max(by_source.values(), default=0) / budget, "copies_over_epoch_cap": epochs_over,
@@ -358,33 +376,37 @@ def check_mixture(cfg: Config, spark: SparkSession, summary: dict[str, Any], mix
 def build_manifest(spark: SparkSession, cfg: Config, mixture: MixtureConfig, gold: DataFrame,
                    eligible: DataFrame, inputs: dict[str, dict], excluded: dict[str, int], summary: dict[str, Any],
                    group_targets: dict[str, float], cell_targets: dict[tuple, float], validation: dict[str, dict],
-                   run_id: str) -> dict[str, Any]:
-    def breakdown(frame: DataFrame, column: str) -> dict[str, dict[str, int]]:
-        return {str(r[column]): {"documents": int(r["d"]), "tokens": int(r["t"] or 0)} for r in
-                frame.groupBy(column).agg(F.count("*").alias("d"), F.sum("n_tokens").alias("t")).collect()}
+                   run_id: str, cells: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    cells = gold_cells(gold, mixture) if cells is None else cells
 
-    by_group = breakdown(gold, mixture.group_by)
+    def breakdown(key: str) -> dict[str, dict[str, int]]:
+        """Rows ("documents": copies, as before) and tokens per value of ``key``."""
+        rows, tokens = _sum_by(cells, key, "_rows"), _sum_by(cells, key)
+        return {str(k): {"documents": rows[k], "tokens": tokens[k]} for k in rows}
+
+    by_group = breakdown("_group")
     for group, target in group_targets.items():
         by_group.setdefault(group, {"documents": 0, "tokens": 0})["target_tokens"] = round(target)
-    by_cluster = breakdown(gold, "cluster_id")
-    available = breakdown(eligible, "cluster_id")
+    by_cluster = breakdown("cluster_id")
+    available = {str(r["cluster_id"]): {"documents": int(r["d"]), "tokens": int(r["t"] or 0)} for r in
+                 eligible.groupBy("cluster_id").agg(F.count("*").alias("d"), F.sum("n_tokens").alias("t")).collect()}
     for (_, cluster), target in cell_targets.items():
         entry = by_cluster.setdefault(str(cluster), {"documents": 0, "tokens": 0})
         entry["target_tokens"] = entry.get("target_tokens", 0) + round(target)
     for cluster, entry in by_cluster.items():
         entry["eligible_tokens"] = available.get(cluster, {}).get("tokens", 0)
-    by_origin = breakdown(gold, "effective_origin")
+    by_origin = breakdown("effective_origin")
     by_origin.setdefault("synthetic", {"documents": 0, "tokens": 0})["cap_tokens"] = round(
         mixture.max_synthetic_share * mixture.token_budget)
     return {
         "mixture": mixture.name, "run_id": run_id, "created_at": dt.datetime.now(dt.UTC).isoformat(),
         "config_hash": config_hash(mixture), "mixture_config": mixture.model_dump(mode="json"),
         "inputs": inputs, "token_budget": mixture.token_budget, "tokens": summary["tokens"],
-        "documents": gold.select("doc_id").distinct().count(), "rows": gold.count(),
+        "documents": gold.select("doc_id").distinct().count(), "rows": sum(c["_rows"] for c in cells),
         "synthetic_share": summary["synthetic_share"], "excluded_by_reason": excluded,
-        "eligible_documents": eligible.count(), "synthetic_validation": validation,
-        "group_by": mixture.group_by, "by_group": by_group, "by_source": breakdown(gold, "source"),
-        "by_origin": by_origin, "by_cluster": by_cluster, "by_epoch": breakdown(gold, "epoch"),
+        "eligible_documents": sum(v["documents"] for v in available.values()), "synthetic_validation": validation,
+        "group_by": mixture.group_by, "by_group": by_group, "by_source": breakdown("source"),
+        "by_origin": by_origin, "by_cluster": by_cluster, "by_epoch": breakdown("epoch"),
         "gate_summary": {k: v for k, v in summary.items() if k != "weight_errors"},
     }
 
@@ -446,7 +468,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     gold = (select(eligible, mixture, cell_targets).drop(*GOLD_DROP)
             .withColumns({"mixture": F.lit(mixture.name), "mixture_run_id": F.lit(log.run_id)}))
     gold = gold.cache()
-    summary = mixture_summary(gold, mixture)
+    cells = gold_cells(gold, mixture)
+    summary = mixture_summary(gold, mixture, cells)
     check_mixture(cfg, spark, summary, mixture, log)
 
     gold_ref = tables.table_ref(cfg, "gold")
@@ -454,7 +477,7 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     gold_version = gates.publish(cfg, gold, "gold", "gold", log,
                                  lambda df, ref: tables.overwrite(df, ref, run_id=log.run_id, replace_where=replace))
     manifest = build_manifest(spark, cfg, mixture, gold, eligible, input_versions(spark, cfg, silver_version),
-                              excluded, summary, group_targets, cell_targets, validation, log.run_id)
+                              excluded, summary, group_targets, cell_targets, validation, log.run_id, cells)
     manifest["gold_version"] = gold_version
     manifest["export"] = export_shards(gold, cfg, mixture, log.run_id)
     path = write_manifest(spark, cfg, manifest, log)
