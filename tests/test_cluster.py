@@ -72,6 +72,7 @@ def installed_app(packaged: Package, tmp_path_factory) -> Package:
 def test_packaged_pipeline_on_a_standalone_cluster_gives_the_local_gold(spark_cluster, installed_app, demo, spark,
                                                                          tmp_path):
     out = tmp_path / "out"
+    before = set(spark_cluster.executor_dirs())  # the session's cluster also ran other tests' applications
     proc = submit(spark_cluster, installed_app, installed_app.launcher.name, "run", "--config", "conf/demo.yaml",
                   *lake_overrides(out)[:-1])
     assert "pipeline finished: 9 step(s) ran" in proc.stdout, proc.stdout[-3000:]
@@ -84,7 +85,7 @@ def test_packaged_pipeline_on_a_standalone_cluster_gives_the_local_gold(spark_cl
     assert json.loads((out / "manifests" / "demo" / "latest.json").read_text())["documents"] == len(set(ids))
 
     # Every executor of the pipeline's application unpacked the shipped environment ...
-    executors = spark_cluster.executor_dirs()
+    executors = [d for d in spark_cluster.executor_dirs() if d not in before]
     assert executors and all((d / "env" / "bin" / "python").exists() for d in executors)
 
 

@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from jobs.common import gates, tables
 from jobs.common.errors import GateFailed
-from jobs.common.tracking import RunLog, tracked_run
+from jobs.common.tracking import tracked_run
 
 
 def _suites(folder):
@@ -48,7 +48,11 @@ def test_suites_validated_together_record_each_suite_and_a_failure_says_what_was
 
 @pytest.mark.spark
 def test_disabled_gates_validate_nothing_and_queue_nothing(spark, make_config):
+    import mlflow
+
     cfg = make_config("gates.enabled=false")
-    log = RunLog(run_id="r", step="s")
-    assert gates.check(cfg, spark.range(0), ["no-such-suite"], log, "t") == []
-    assert log.gate_rows == []
+    with tracked_run(cfg, "gate-test") as log:  # the tags need an active run (and it must end here)
+        assert gates.check(cfg, spark.range(0), ["no-such-suite"], log, "t") == []
+        assert log.gate_rows == []
+    assert mlflow.get_run(log.run_id).data.tags["gate.no-such-suite"] == "disabled"
+    assert mlflow.active_run() is None
