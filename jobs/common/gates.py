@@ -147,12 +147,7 @@ def validate_all(df: DataFrame, suites: dict[str, Specs], result_format: str = "
     return results
 
 
-def validate(df: DataFrame, suite: str, specs: Specs, result_format: str = "BOOLEAN_ONLY") -> GateResult:
-    (result,) = validate_all(df, {suite: specs}, result_format)
-    return result
-
-
-def record(cfg: Config, spark, result: GateResult, log: RunLog, target: str) -> None:
+def record(result: GateResult, log: RunLog, target: str) -> None:
     """Queue the outcomes for the gate_results table (written by :func:`flush`, once per step) and log
     them to MLflow (pass or fail)."""
     now = dt.datetime.now(dt.UTC)
@@ -185,7 +180,7 @@ def check(cfg: Config, df: DataFrame, suite: str | list[str], log: RunLog, targe
     specs = {name: load_suite(cfg, name, params) for name in names}
     results = validate_all(df, specs, cfg.gates.result_format)
     for result in results:
-        record(cfg, df.sparkSession, result, log, target)
+        record(result, log, target)
     failed = [r for r in results if not r.success]
     if failed:
         lines = "\n".join(f"  - {o.describe()}" for r in failed for o in r.failures)

@@ -96,18 +96,17 @@ def fingerprint(spark: SparkSession, cfg: Config, step: Step, runs: list | None 
     return prints
 
 
-def is_up_to_date(spark: SparkSession, cfg: Config, step: Step, config_hash: str, runs: list | None = None,
-                  inputs: dict[str, str] | None = None) -> bool:
-    """Same config hash and same input state (``inputs``: the fingerprint, if already taken) as the step's
-    last successful run, outputs still there."""
-    runs = _successful_runs(spark, cfg) if runs is None else runs
+def is_up_to_date(spark: SparkSession, cfg: Config, step: Step, config_hash: str, runs: list,
+                  inputs: dict[str, str]) -> bool:
+    """Same config hash and same input state (``inputs``: the step's fingerprint now) as the step's last
+    successful run in ``runs``, outputs still there."""
     last = max((r for r in runs if r["step"] == step.name), key=lambda r: r["finished_at"], default=None)
     if last is None or last["config_hash"] != config_hash:
         return False
     written = {k for k, v in dict(last["outputs"]).items() if v != "absent"}
     if any(_version_key(spark, cfg, k.removeprefix("table:")) == "absent" for k in written):
         return False  # an output it wrote has been deleted since
-    return (fingerprint(spark, cfg, step, runs) if inputs is None else inputs) == dict(last["inputs"])
+    return inputs == dict(last["inputs"])
 
 
 def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, config_hash: str,
