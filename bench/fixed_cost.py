@@ -77,7 +77,7 @@ def profile_demo(folder: Path) -> dict[str, Any]:
             spark.sparkContext.setJobGroup(step.name, f"cleanwell {step.name}")
             profile = cProfile.Profile()
             profile.enable()
-            outcome = execute(step, spark, cfg, echo=lambda _: None)
+            outcome = execute(step, spark, cfg, steps=pipeline.STEPS, echo=lambda _: None)
             profile.disable()
             categories = _category_seconds(pstats.Stats(profile))
             steps.append({"step": step.name, "seconds": round(outcome.seconds, 2),

@@ -2,7 +2,7 @@
 
 ``python -m bench.signals`` (part of ``make bench``) measures:
 
-* throughput, in documents per second on 1 and 2 processes, of ``udfs.heuristics.quality_signals`` (Gopher,
+* throughput, in documents per second on 1 and 2 processes, of ``udfs.heuristics.quality_rule_signals`` (Gopher,
   C4, FineWeb), ``udfs.langid.detect_language`` and ``EmbeddingModel.transform``, on ~300-word pieces of the
   real M4 texts, with the plain zlib-ratio loop of :mod:`bench.detect` measured in the same rounds as the
   machine-independent yardstick (the harness is :func:`bench.detect.measure_throughput`);
@@ -41,7 +41,7 @@ from bench.detect import (
 )
 from bench.minhash_core import NearDuplicateCorpus, near_duplicate_corpus
 from udfs.embeddings import EmbeddingModel
-from udfs.heuristics import quality_signals
+from udfs.heuristics import quality_rule_signals
 from udfs.langid import detect_language
 from udfs.semdedup import semantic_duplicate_of, semantic_duplicate_of_brute_force
 
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     embedding_model = EmbeddingModel().fit(sorted(set(texts)))
     workloads: dict[str, tuple[Workload, Sequence[int]]] = {
         "zlib_ratio_loop": (zlib_ratios, (1, 2)),
-        "quality_signals": (quality_signals, (1, 2)),
+        "quality_rule_signals": (quality_rule_signals, (1, 2)),
         "detect_language": (detect_language, (1, 2)),
         "embedding_transform": (embedding_model.transform, (1, 2)),
     }

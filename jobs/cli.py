@@ -21,7 +21,7 @@ def cli() -> None:
 
 cli.add_command(pipeline.command)
 for _step in pipeline.STEPS:
-    cli.add_command(step_command(_step))
+    cli.add_command(step_command(_step, pipeline.STEPS))
 
 
 @cli.command(name="fetch-jars")

@@ -11,10 +11,10 @@ Columns written: ``classifier_score``, ``compression_ratio``, ``ngram_repetition
 ``type_token_ratio``, ``lm_log_likelihood``, ``lm_binoculars``, ``synthetic_probability`` and
 ``watermark_z``.
 
-Scores, not decisions: only the sampling job applies a threshold to ``synthetic_probability``. The
-one exception is the watermark, a hypothesis test with a configured significance: a document of
-undeclared origin with ``watermark_z`` at or above ``detect.watermark_z_threshold`` becomes
-``synthetic`` with provenance_method ``watermark``. Declared provenance is never overridden.
+Scores, not decisions: silver's ``origin`` and ``provenance_method`` stay as declared (or inferred at
+ingest). Only the sampling job applies thresholds, to ``synthetic_probability`` and to ``watermark_z``
+(a hypothesis test: ``filters.watermark_z_threshold`` of the mixture), so raising a threshold takes
+effect at the next sample without rescoring (jobs/common/eligibility.py).
 """
 from __future__ import annotations
 
@@ -24,19 +24,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from jobs.common import gates, storage, tables
+from jobs.common import gates, storage, tables, tokenizer_model
 from jobs.common.config import Config
+from jobs.common.detector_model import SPARK_RESULT_TYPE, load_detector_bundle
 from jobs.common.errors import InputError
 from jobs.common.runner import Step, job_main
+from jobs.common.tokenizer_model import load_tokenizer
 from jobs.common.tracking import RunLog, configure
-from jobs.tokenizer import load_tokenizer
 from udfs.classifier import (
     SCORE_COLUMNS,
-    SPARK_RESULT_TYPE,
     DetectorBundle,
     DetectorParams,
     DetectorTrainingError,
@@ -85,6 +85,23 @@ def is_held_back(text: str) -> bool:
     return int(content_hash(text)[:8], 16) % HELD_BACK_BUCKETS == 0
 
 
+def declared_sample(silver: DataFrame, per_label: int, pair_texts: int) -> pd.DataFrame:
+    """(text, origin) of the declared-origin silver documents training can use, in training order
+    (hash of doc_id), capped in Spark: per label, the first ``per_label`` outside the held-back fifth and
+    the first HELD_BACK_MAX_PER_LABEL inside it, plus ``pair_texts`` of each (as many as the configured
+    pairs could remove as duplicates or conflicts), so the driver receives a bounded sample and
+    :func:`training_set` takes exactly the texts it would take from the whole table. A silver doc_id is
+    the content hash of its text, so :func:`is_held_back` is computed from it here."""
+    is_declared = (F.col("provenance_method") == "declared") & F.col("origin").isin("human", "synthetic")
+    order = [F.xxhash64("doc_id"), F.col("doc_id")]
+    held = (F.conv(F.substring("doc_id", 1, 8), 16, 10).cast("long") % HELD_BACK_BUCKETS) == 0
+    rank = F.row_number().over(Window.partitionBy("origin", "_held").orderBy(*order))
+    cap = F.when(F.col("_held"), F.lit(HELD_BACK_MAX_PER_LABEL)).otherwise(F.lit(per_label)) + pair_texts
+    return (silver.where(is_declared).select("doc_id", "text", "origin").withColumn("_held", held)
+            .withColumn("_rank", rank).where(F.col("_rank") <= cap)
+            .orderBy(*order).select("text", "origin").toPandas())
+
+
 @dataclass(frozen=True)
 class LabelledData:
     """Training texts and labels (1 = machine), and the held-back texts no detector trains on."""
@@ -100,10 +117,9 @@ def training_set(cfg: Config, silver: DataFrame | None = None) -> LabelledData:
     the held-back fifth set aside, the rest capped at ``max_training_documents`` (half per label,
     deterministic)."""
     human, machine = read_pairs(cfg.detect.training_files)
+    per_label = cfg.detect.max_training_documents // 2
     if silver is not None and cfg.detect.use_declared_origin:
-        is_declared = (F.col("provenance_method") == "declared") & F.col("origin").isin("human", "synthetic")
-        declared = (silver.where(is_declared)
-                    .orderBy(F.xxhash64("doc_id"), "doc_id").select("text", "origin").toPandas())
+        declared = declared_sample(silver, per_label, len(human) + len(machine))
         human += declared.loc[declared["origin"] == "human", "text"].tolist()
         machine += declared.loc[declared["origin"] == "synthetic", "text"].tolist()
     human, machine = list(dict.fromkeys(human)), list(dict.fromkeys(machine))
@@ -112,7 +128,6 @@ def training_set(cfg: Config, silver: DataFrame | None = None) -> LabelledData:
     machine = [t for t in machine if t not in overlap]
     held_human = [t for t in human if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
     held_machine = [t for t in machine if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
-    per_label = cfg.detect.max_training_documents // 2
     human = [t for t in human if not is_held_back(t)][:per_label]
     machine = [t for t in machine if not is_held_back(t)][:per_label]
     if len(human) < 5 or len(machine) < 5:
@@ -155,8 +170,6 @@ def compare_with_champion(cfg: Config, candidate: DetectorBundle, data: Labelled
     """Score the candidate and the current champion on the held-back texts (less any the champion was
     trained on) and decide whether the alias moves: it does when there is no champion yet, or when the
     candidate's AUROC is at least the champion's."""
-    import mlflow
-
     champion = current_champion(cfg)
     trained_on = _training_hashes(champion.run_id) if champion is not None else set()
     human = [t for t in data.held_back_human if content_hash(t) not in trained_on]
@@ -174,9 +187,8 @@ def compare_with_champion(cfg: Config, candidate: DetectorBundle, data: Labelled
         comparison.update(moves=True, reason=f"version {champion.version} was trained on the held-back texts")
         return comparison
     try:
-        bundle = mlflow.pyfunc.load_model(f"models:/{cfg.detect.registered_model}/{champion.version}") \
-            .unwrap_python_model().bundle
-    except DetectorTrainingError as exc:  # a bundle format this code no longer reads
+        bundle = load_detector_bundle(f"models:/{cfg.detect.registered_model}/{champion.version}")
+    except DetectorTrainingError as exc:  # a bundle format or wrapper class this code no longer reads
         comparison.update(moves=True, reason=f"version {champion.version} cannot be loaded: {exc}")
         return comparison
     comparison["champion"] = _held_back_metrics(bundle, human, machine)
@@ -206,7 +218,7 @@ def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, 
     always takes it). Returns the comparison, with ``decision`` saying where the alias points."""
     import mlflow
 
-    from udfs.classifier import log_detector_model
+    from jobs.common.detector_model import log_detector_model
 
     bundle = train_detector(data.texts, data.labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed))
     comparison = compare_with_champion(cfg, bundle, data)
@@ -236,11 +248,8 @@ def model_uri(cfg: Config) -> str:
 
 def load_detector(cfg: Config) -> DetectorBundle:
     """The registered detector (by name and alias) as a bundle, for scoring outside Spark."""
-    import mlflow
-
     configure(cfg)
-    model = mlflow.pyfunc.load_model(model_uri(cfg))
-    return model.unwrap_python_model().bundle
+    return load_detector_bundle(model_uri(cfg))
 
 
 def watermark_column(text, tokenizer_bytes: bytes, key: str, gamma: float):
@@ -258,16 +267,19 @@ def score(spark: SparkSession, silver: DataFrame, cfg: Config, tokenizer_bytes: 
 
     detector = mlflow.pyfunc.spark_udf(spark, model_uri(cfg), result_type=SPARK_RESULT_TYPE, env_manager="local")
     d = cfg.detect
-    scored = (silver.drop(*[c for c in PRODUCED if c in silver.columns])
-              .withColumn("_scores", detector(F.struct("text")))
-              .withColumns({c: F.col("_scores")[c] for c in SCORE_COLUMNS}).drop("_scores")
-              .withColumn("watermark_z", watermark_column(F.col("text"), tokenizer_bytes, d.watermark_key,
-                                                          d.watermark_gamma)))
-    watermarked = (F.col("origin") == "unknown") & (F.col("watermark_z") >= d.watermark_z_threshold)
-    return scored.withColumns({
-        "origin": F.when(watermarked, F.lit("synthetic")).otherwise(F.col("origin")),
-        "provenance_method": F.when(watermarked, F.lit("watermark")).otherwise(F.col("provenance_method")),
-    })
+    # Evidence only: declared provenance stays as declared; the sampling job applies the watermark
+    # threshold (filters.watermark_z_threshold), so changing it never needs this step to run again.
+    # Lakes written by 0.1.0 let this step rewrite undeclared origin to synthetic (provenance_method
+    # `watermark`); such rows get their ingest provenance back (undeclared: unknown, no method).
+    rewritten = F.coalesce(F.col("provenance_method") == "watermark", F.lit(False))
+    return (silver.drop(*[c for c in PRODUCED if c in silver.columns])
+            .withColumns({"origin": F.when(rewritten, F.lit("unknown")).otherwise(F.col("origin")),
+                          "provenance_method": F.when(rewritten, F.lit(None).cast("string"))
+                          .otherwise(F.col("provenance_method"))})
+            .withColumn("_scores", detector(F.struct("text")))
+            .withColumns({c: F.col("_scores")[c] for c in SCORE_COLUMNS}).drop("_scores")
+            .withColumn("watermark_z", watermark_column(F.col("text"), tokenizer_bytes, d.watermark_key,
+                                                        d.watermark_gamma)))
 
 
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
@@ -278,15 +290,15 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     comparison = train_and_register(cfg, data, tokenizer_bytes, log)
     gates.publish(cfg, score(spark, silver, cfg, tokenizer_bytes), "silver", "silver_detect", log,
                   lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
-    published = tables.read_table(spark, ref)
-    by_origin = {r["origin"]: round(r["p"], 3) for r in
-                 published.groupBy("origin").agg(F.avg("synthetic_probability").alias("p")).collect()}
-    watermarked = published.where(F.col("provenance_method") == "watermark").count()
-    log.counts("mean_synthetic_probability", by_origin)
-    log.metric("watermarked", watermarked)
+    by_origin = {r["origin"]: (round(r["p"], 3), r["z"]) for r in tables.read_table(spark, ref).groupBy("origin")
+                 .agg(F.avg("synthetic_probability").alias("p"), F.max("watermark_z").alias("z")).collect()}
+    mean_probability = {origin: p for origin, (p, _) in by_origin.items()}
+    max_z = {origin: round(z, 2) for origin, (_, z) in by_origin.items() if z is not None}
+    log.counts("mean_synthetic_probability", mean_probability)
+    log.counts("max_watermark_z", max_z)
     held_back = comparison["n_human"] + comparison["n_machine"]
     return {"training_documents": len(data.texts), "held_back_documents": held_back, "detector": comparison["decision"],
-            "mean_synthetic_probability": by_origin, "watermarked": watermarked}
+            "mean_synthetic_probability": mean_probability, "max_watermark_z": max_z}
 
 
 def train_standalone(cfg: Config) -> str:
@@ -301,7 +313,7 @@ def train_standalone(cfg: Config) -> str:
         human = [t for t, label in zip(data.texts, data.labels, strict=True) if label == 0]
         t = cfg.tokenizer
         tokenizer_bytes = train_tokenizer(human, vocab_size=t.vocab_size, model_type=t.model_type, seed=t.seed)
-        log.artifact_bytes(tokenizer_bytes, "tokenizer/spm.model")
+        log.artifact_bytes(tokenizer_bytes, tokenizer_model.ARTIFACT)
         comparison = train_and_register(cfg, data, tokenizer_bytes, log)
         return f"{cfg.detect.registered_model} version {comparison['candidate_version']}; {comparison['decision']}"
 
@@ -342,7 +354,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

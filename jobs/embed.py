@@ -24,9 +24,8 @@ from jobs.common import gates, tables
 from jobs.common.config import Config
 from jobs.common.errors import ConfigError
 from jobs.common.runner import Step, job_main
-from jobs.common.schema import survivor_order
+from jobs.common.schema import reference_sample, survivor_order
 from jobs.common.tracking import RunLog
-from jobs.tokenizer import reference_sample
 from udfs.diversity import cluster_entropy, distinct_n, top_source_share, vendi_score
 from udfs.embeddings import EmbeddingModel
 from udfs.semdedup import semantic_duplicate_of
@@ -64,7 +63,7 @@ def add_clusters(embedded: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame
 
 def add_semantic_duplicates(clustered: DataFrame, threshold: float) -> DataFrame:
     """``semantic_duplicate_of`` per document, SemDeDup within each cluster, keeping the document
-    that near-duplicate removal would keep (provenance, then quality, then date, then doc_id)."""
+    that near-duplicate marking would keep (provenance, then quality, then date, then doc_id)."""
     candidates = clustered.where(F.col("duplicate_of").isNull()) if "duplicate_of" in clustered.columns \
         else clustered
     ranked = candidates.withColumn("_priority", F.row_number().over(
@@ -86,9 +85,12 @@ def diversity_metrics(silver: DataFrame, cfg: Config) -> dict[str, float]:
     if "duplicate_of" in silver.columns:
         kept = kept.where(F.col("duplicate_of").isNull())
     columns = kept.select("cluster_id", "source").toPandas()
-    ordered = kept.orderBy(F.xxhash64("doc_id"), "doc_id")
-    texts = ordered.select("text").limit(cfg.clusters.distinct_n_sample).toPandas()["text"].tolist()
-    vectors = ordered.select("embedding").limit(cfg.clusters.vendi_sample).toPandas()["embedding"]
+    # One deterministic sample serves both estimates: the order is total (doc_id is unique), so the first
+    # n rows of the longer sample are the n-row sample.
+    sample = (kept.orderBy(F.xxhash64("doc_id"), "doc_id").select("text", "embedding")
+              .limit(max(cfg.clusters.distinct_n_sample, cfg.clusters.vendi_sample)).toPandas())
+    texts = sample["text"].head(cfg.clusters.distinct_n_sample).tolist()
+    vectors = sample["embedding"].head(cfg.clusters.vendi_sample)
     metrics = {"cluster_entropy": cluster_entropy(columns["cluster_id"], n_clusters=cfg.clusters.k),
                "top_source_share": top_source_share(columns["source"]),
                "vendi_score": vendi_score(np.stack(vectors.to_numpy()), sample_size=None) if len(vectors) else 0.0}
@@ -96,36 +98,49 @@ def diversity_metrics(silver: DataFrame, cfg: Config) -> dict[str, float]:
     return metrics
 
 
+def with_embeddings(silver: DataFrame, cfg: Config, model_bytes: bytes | None) -> DataFrame:
+    return silver.withColumn("embedding", embedding_column(F.col("text"), model_bytes, cfg.embeddings.model_path))
+
+
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     ref = tables.table_ref(cfg, "silver")
-    silver = tables.read_table(spark, ref)
-    silver = silver.drop(*[c for c in PRODUCED if c in silver.columns])
-    model_bytes = fit_embedding_model(silver, cfg)
-    if model_bytes:
-        log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
-    embedded = silver.withColumn("embedding", embedding_column(F.col("text"), model_bytes,
-                                                                cfg.embeddings.model_path)).cache()
-    try:
-        clustered, clusters = add_clusters(embedded, cfg)
-        marked = add_semantic_duplicates(clustered, cfg.clusters.semdedup_threshold)
-        gates.publish(cfg, marked, "silver", "silver_embed", log,
-                      lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
-        clusters = clusters.withColumn("silver_version", F.lit(tables.current_version(spark, ref)))
-        gates.publish(cfg, clusters, "clusters", "clusters", log,
-                      lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
-    finally:
-        embedded.unpersist()
+    # Each table version is read once: silver into a cache that the fit sample and the embeddings share;
+    # the published version not at all, since the cached `marked` holds its rows. A cache is released once
+    # the next holds its rows, so no more than two copies of silver are held at a time.
+    held: list[DataFrame] = []
 
-    published = tables.read_table(spark, ref)
-    semantic = published.where(F.col("semantic_duplicate_of").isNotNull()).count()
-    metrics = diversity_metrics(published, cfg)
+    def hold(frame: DataFrame) -> DataFrame:
+        held.append(frame.cache())
+        return frame
+
+    try:
+        silver = tables.read_table(spark, ref)
+        silver = hold(silver.drop(*[c for c in PRODUCED if c in silver.columns]))
+        model_bytes = fit_embedding_model(silver, cfg)
+        if model_bytes:
+            log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
+        embedded = hold(with_embeddings(silver, cfg, model_bytes))
+        clustered, clusters = add_clusters(embedded, cfg)
+        silver.unpersist()  # KMeans has read every row: embedded holds them
+        marked = hold(add_semantic_duplicates(clustered, cfg.clusters.semdedup_threshold))
+        silver_version = gates.publish(cfg, marked, "silver", "silver_embed", log,
+                                       lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
+        gates.publish(cfg, clusters.withColumn("silver_version", F.lit(silver_version)), "clusters", "clusters",
+                      log, lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
+        embedded.unpersist()
+        semantic = marked.where(F.col("semantic_duplicate_of").isNotNull()).count()
+        metrics = diversity_metrics(marked, cfg)
+    finally:
+        for frame in held:
+            frame.unpersist()
+
     for name, value in metrics.items():
         log.metric(f"diversity.{name}", value)
-    log.counts("removed", {"semantic_duplicate": semantic})
+    log.counts("marked", {"semantic_duplicate": semantic})  # marked only: the sample step excludes
     sizes = sorted((r["size"] for r in tables.read_table(spark, tables.table_ref(cfg, "clusters")).collect()),
                    reverse=True)
     return {"clusters": len(sizes), "largest_cluster": sizes[0] if sizes else 0,
-            "removed": {"semantic_duplicate": semantic},
+            "marked": {"semantic_duplicate": semantic},
             "diversity": {k: round(v, 3) for k, v in metrics.items()}}
 
 
@@ -138,7 +153,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

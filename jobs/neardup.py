@@ -3,7 +3,8 @@
 Adds to silver: ``near_duplicate_cluster_id`` (the smallest doc_id of the document's cluster; null for
 a document without near duplicates), ``duplicate_of`` (the doc_id of the cluster's kept representative;
 null for the representative and for singletons) and ``duplicate_reason`` (``near_duplicate`` or null).
-The sample step excludes marked documents; silver keeps them so a user can inspect what was removed.
+Nothing is removed here: the sample step decides to leave marked documents out, and silver keeps them so
+a user can inspect what was marked and why.
 
 The Spark path is the single-process reference of :mod:`udfs.lsh` sharded, step for step, so the two
 give identical clusters on the same input (a test checks it):
@@ -59,8 +60,8 @@ REASON = "near_duplicate"
 # pairs' side rows of verification, the new documents of a batch, clusters and their marks.
 _BROADCAST_IDS = 4_000_000
 # Bucket rows per partition of the candidate stage: the partition count follows the data, not
-# spark.sql.shuffle.partitions. Each partition is sorted in memory (~100 bytes a row, ~0.5 s per 1M rows);
-# fewer, larger tasks cut the per-task Python overhead (100k docs: 2 partitions took 1.8 s, 8 took 2.5 s).
+# spark.sql.shuffle.partitions. Each partition is sorted in memory (~100 bytes a row), so this bounds a
+# task's memory; fewer, larger tasks cut the per-task Python overhead (measurements in docs/dedup.md).
 _BUCKET_ROWS_PER_PARTITION = 2_000_000
 
 BAND_HASHES_SCHEMA = StructType([StructField("doc_id", StringType()),
@@ -92,8 +93,8 @@ def candidate_pairs(new_keys: DataFrame, indexed_keys: DataFrame | None, max_buc
     (smallest doc_id, member), as :func:`udfs.lsh.candidate_pairs` does.
 
     Buckets are formed by a plain shuffle on the hash into ``partitions`` partitions and numpy within each
-    (:func:`bucket_pair_batches`): ~3x faster than a Spark ``groupBy`` + ``collect_list``, which falls back to
-    sort-based aggregation because almost every bucket holds one document."""
+    (:func:`bucket_pair_batches`), not by a Spark ``groupBy`` + ``collect_list``, which falls back to
+    sort-based aggregation because almost every bucket holds one document (docs/dedup.md)."""
     rows = new_keys.select("doc_id", "hash", F.lit(True).alias("is_new"))
     if indexed_keys is not None:
         touched = indexed_keys.join(new_keys.select("band", "hash").distinct(), ["band", "hash"], "left_semi")
@@ -117,8 +118,8 @@ def verify_pairs(pairs: DataFrame, texts: DataFrame, settings: LshSettings) -> D
     Each pair becomes two rows, doc_a's text and doc_b's, from one join of the texts with the pairs
     (broadcast while there are few enough pairs: every text is then read where it lies and only the
     needed ones move); one shuffle by pair, sorted within partitions, puts a pair's two texts next to each
-    other for :func:`udfs.neardup.paired_text_similarity_batches`. Measured on the 100k benchmark, ~1 s
-    less than two joins of the pairs with the texts (docs/dedup.md)."""
+    other for :func:`udfs.neardup.paired_text_similarity_batches`: one pass over the texts instead of two
+    joins of the pairs with them (docs/dedup.md)."""
     sides = pairs.select(F.col("doc_a").alias("doc_id"), "doc_a", "doc_b", F.lit(0).alias("side")).unionByName(
         pairs.select(F.col("doc_b").alias("doc_id"), "doc_a", "doc_b", F.lit(1).alias("side")))
     rows = (texts.select("doc_id", "text").join(_broadcast_if_few(sides, 2 * pairs.count()), "doc_id")
@@ -161,7 +162,7 @@ def choose_representatives(silver: DataFrame, clusters: DataFrame) -> DataFrame:
 
     ``clusters`` should be materialised: its count decides whether it, and the marks (one per clustered
     document), are broadcast, so that neither joining them to silver here nor :func:`with_marks` shuffles
-    silver's rows (texts, embeddings) - 2 s of the 100k benchmark's 20 when they did."""
+    silver's rows (texts, embeddings)."""
     clustered = clusters.count()
     ordered = Window.partitionBy("near_duplicate_cluster_id").orderBy(*survivor_order())
     members = silver.join(_broadcast_if_few(clusters, clustered), "doc_id")
@@ -261,21 +262,50 @@ def previous_index(spark: SparkSession, cfg: Config, settings: LshSettings,
     return index, "extending the band index"
 
 
-def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
-    silver_ref, index_ref = tables.table_ref(cfg, "silver"), tables.table_ref(cfg, "band_index")
-    silver = tables.read_table(spark, silver_ref)
+def read_silver(spark: SparkSession, cfg: Config) -> DataFrame:
+    """Silver with the columns detection and the choice of representatives need."""
+    ref = tables.table_ref(cfg, "silver")
+    silver = tables.read_table(spark, ref)
     tables.require_columns(silver, ("doc_id", "text", "pre_ai_archive", "origin", "created_at", "source",
-                                    "alpha_ratio", "duplicate_line_fraction"), f"silver table {silver_ref}")
+                                    "alpha_ratio", "duplicate_line_fraction"), f"silver table {ref}")
+    return silver
+
+
+def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict[str, str]) -> None:
+    """Silver with its near-duplicate marks, through the ``silver_neardup`` gate."""
+    gates.publish(cfg, marked, "silver", "silver_neardup", log, lambda df, ref: tables.overwrite(
+        df, ref, run_id=log.run_id, properties=properties))
+
+
+def write_band_index(cfg: Config, log: RunLog, found: NearDuplicates, settings: LshSettings,
+                     index: DataFrame | None) -> None:
+    """A rebuilt index replaces the table; an extended one is merged in by (doc_id, band)."""
+    ref, updates = tables.table_ref(cfg, "band_index"), index_updates(found, settings, index)
+    if index is None:
+        tables.overwrite(updates, ref, run_id=log.run_id, properties=settings.table_properties())
+    else:
+        tables.merge_upsert(updates, ref, ["doc_id", "band"], run_id=log.run_id)
+
+
+def detection_metrics(published: DataFrame, found: NearDuplicates) -> dict[str, Any]:
+    """Counts of the published silver and of each stage, stage seconds, and the share of documents marked."""
+    stats = published.agg(F.count("*").alias("documents_in"),
+                          F.countDistinct("near_duplicate_cluster_id").alias("clusters"),
+                          F.count("duplicate_of").alias("duplicates_marked")).first().asDict()
+    counts = {**stats, "documents_signed": found.signed.count(), "candidate_pairs": found.candidates.count(),
+              "verified_pairs": found.edges.count(), "components_rounds": found.rounds,
+              **{f"seconds.{stage}": value for stage, value in found.seconds.items()}}
+    share = counts["duplicates_marked"] / counts["documents_in"] if counts["documents_in"] else 0.0
+    return {**counts, "duplicate_share": share}
+
+
+def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
+    silver = read_silver(spark, cfg)
     settings = LshSettings.from_config(cfg.neardup)
     log.params({"neardup": {"bands": settings.bands, "rows": settings.rows, "signature_bits": settings.signature_bits,
                             "settings_hash": settings.settings_hash}})
-
-    def publish(marked: DataFrame, properties: dict[str, str]) -> None:
-        gates.publish(cfg, marked, "silver", "silver_neardup", log, lambda df, ref: tables.overwrite(
-            df, ref, run_id=log.run_id, properties=properties))
-
     if not cfg.neardup.enabled:
-        publish(with_marks(silver, None), {f"{PROPERTY_PREFIX}enabled": "false"})
+        publish_silver(cfg, log, with_marks(silver, None), {f"{PROPERTY_PREFIX}enabled": "false"})
         log.tags({"neardup.mode": "disabled"})
         return {"mode": "disabled"}
 
@@ -284,28 +314,17 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     mode = "full" if index is None else "incremental"
     log.tags({"neardup.mode": mode, "neardup.mode_reason": why})
     found = find_near_duplicates(documents, settings, index)
-    publish(with_marks(silver, choose_representatives(silver, found.clusters)),
-            {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"})
-    updates = index_updates(found, settings, index)
-    if index is None:
-        tables.overwrite(updates, index_ref, run_id=log.run_id, properties=settings.table_properties())
-    else:
-        tables.merge_upsert(updates, index_ref, ["doc_id", "band"], run_id=log.run_id)
+    publish_silver(cfg, log, with_marks(silver, choose_representatives(silver, found.clusters)),
+                   {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"})
+    write_band_index(cfg, log, found, settings, index)
 
-    published = tables.read_table(spark, silver_ref)
-    stats = published.agg(F.count("*").alias("documents_in"),
-                          F.countDistinct("near_duplicate_cluster_id").alias("clusters"),
-                          F.count("duplicate_of").alias("duplicates_marked")).first().asDict()
-    counts = {**stats, "documents_signed": found.signed.count(), "candidate_pairs": found.candidates.count(),
-              "verified_pairs": found.edges.count(), "components_rounds": found.rounds,
-              **{f"seconds.{stage}": value for stage, value in found.seconds.items()}}
-    share = counts["duplicates_marked"] / counts["documents_in"] if counts["documents_in"] else 0.0
-    for name, value in {**counts, "duplicate_share": share}.items():
+    metrics = detection_metrics(tables.read_table(spark, tables.table_ref(cfg, "silver")), found)
+    for name, value in metrics.items():
         log.metric(name, value)
-    log.counts("removed", {REASON: counts["duplicates_marked"]})
-    return {"mode": mode, "documents": counts["documents_in"], "signed": counts["documents_signed"],
-            "clusters": counts["clusters"], "marked": {REASON: counts["duplicates_marked"]},
-            "duplicate_share": round(share, 4)}
+    log.counts("marked", {REASON: metrics["duplicates_marked"]})  # marked only: the sample step excludes
+    return {"mode": mode, "documents": metrics["documents_in"], "signed": metrics["documents_signed"],
+            "clusters": metrics["clusters"], "marked": {REASON: metrics["duplicates_marked"]},
+            "duplicate_share": round(metrics["duplicate_share"], 4)}
 
 
 STEP = Step(
@@ -317,7 +336,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

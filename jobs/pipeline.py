@@ -1,9 +1,14 @@
-"""The whole pipeline: every step in order, each skipped when up to date, under one MLflow run."""
+"""The whole pipeline: every step in order, each skipped when up to date, under one MLflow run.
+
+``STEPS`` is the one list of the steps, in order; the runner learns the order from it (the tables a step
+reads are identified by the version their latest earlier writer left), and so do the CLI and each
+step's ``main``.
+"""
 from __future__ import annotations
 
 import click
 
-from jobs import dedup, detect, embed, ingest, neardup, quality, report, sample, tokenizer
+from jobs import dedup, detect, embed, ingest, neardup, quality, report, sample, token_counts
 from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
@@ -11,8 +16,8 @@ from jobs.common.runner import StepOutcome, config_options, execute, pipeline_ru
 from jobs.common.session import get_spark
 from jobs.common.tracking import pipeline_run, tracking_uri
 
-STEPS = [ingest.STEP, dedup.STEP, quality.STEP, neardup.STEP, tokenizer.STEP, detect.STEP, embed.STEP, sample.STEP,
-         report.STEP]
+STEPS = [ingest.STEP, dedup.STEP, quality.STEP, neardup.STEP, token_counts.STEP, detect.STEP, embed.STEP,
+         sample.STEP, report.STEP]
 STEP_NAMES = [s.name for s in STEPS]
 
 
@@ -27,7 +32,7 @@ def run_pipeline(cfg: Config, steps: list[str] | None = None, force: bool = Fals
         for step in STEPS:
             if steps and step.name not in steps:
                 continue
-            outcomes.append(execute(step, spark, cfg, force=force))
+            outcomes.append(execute(step, spark, cfg, steps=STEPS, force=force))
     return outcomes
 
 

@@ -1,6 +1,6 @@
 """Quality: add quality signal columns to silver (scores, not decisions).
 
-Basic signals (length, alphabetic ratio, line repetition), the published web-text rules as scores
+Text statistics (length, alphabetic ratio, line repetition), the published web-text rules as scores
 (Gopher quality and repetition, C4, FineWeb; udfs/heuristics.py, docs/quality.md) and the detected
 language. Thresholds on these columns live in the mixture config; changing one never recomputes a
 signal.
@@ -17,29 +17,29 @@ from jobs.common.config import Config
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
 from udfs.heuristics import SIGNAL_COLUMNS
-from udfs.quality import BASIC_SIGNALS
-from udfs.spark import basic_signals_column, heuristics_column, language_column
+from udfs.quality import TEXT_STATISTICS
+from udfs.spark import language_column, quality_rule_signals_column, text_statistics_column
 
 LANGUAGE_COLUMNS = ("detected_language", "language_confidence")
 
 
 def add_quality_signals(silver, cfg: Config):
     """``silver`` with every quality signal column (re)computed from ``text``."""
-    produced = [*BASIC_SIGNALS, "n_tokens", *SIGNAL_COLUMNS, *LANGUAGE_COLUMNS]
+    produced = [*TEXT_STATISTICS, "n_tokens", *SIGNAL_COLUMNS, *LANGUAGE_COLUMNS]
     scored = silver.drop(*[c for c in produced if c in silver.columns])
-    structs = {"_basic": basic_signals_column(F.col("text"))}
+    structs = {"_statistics": text_statistics_column(F.col("text"))}
     if cfg.quality.heuristics:
-        structs["_heuristics"] = heuristics_column(F.col("text"))
+        structs["_rule_signals"] = quality_rule_signals_column(F.col("text"))
     if cfg.quality.language_id:
         structs["_language"] = language_column(F.col("text"), cfg.quality.language_max_chars)
     scored = scored.withColumns(structs)
-    columns = {name: F.col("_basic")[name] for name in BASIC_SIGNALS}
+    columns = {name: F.col("_statistics")[name] for name in TEXT_STATISTICS}
     if cfg.quality.heuristics:
-        columns.update({name: F.col("_heuristics")[name] for name in SIGNAL_COLUMNS})
+        columns.update({name: F.col("_rule_signals")[name] for name in SIGNAL_COLUMNS})
     if cfg.quality.language_id:
         columns.update({name: F.col("_language")[name] for name in LANGUAGE_COLUMNS})
     # Whitespace tokens until the tokenizer step provides model tokens.
-    columns["n_tokens"] = F.col("_basic")["n_words"]
+    columns["n_tokens"] = F.col("_statistics")["n_words"]
     return scored.withColumns(columns).drop(*structs)
 
 
@@ -73,7 +73,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ import datetime as dt
 import html
 import io
 import json
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -23,8 +25,8 @@ from jobs.common.config import Config
 from jobs.common.runner import Step, job_main
 from jobs.common.tracking import RunLog
 
-SIGNAL_COLUMNS = ("n_tokens", "alpha_ratio", "duplicate_line_fraction", "gopher_dup_5gram_char_fraction",
-                  "synthetic_probability", "watermark_z")
+REPORTED_SIGNALS = ("n_tokens", "alpha_ratio", "duplicate_line_fraction", "gopher_dup_5gram_char_fraction",
+                    "synthetic_probability", "watermark_z")
 SAMPLE_ROWS = 50_000
 
 
@@ -64,8 +66,58 @@ def _composition(frames: dict[str, DataFrame], column: str) -> pd.DataFrame:
             .reindex(columns=list(frames)).astype(int))
 
 
+class Section(NamedTuple):
+    """One part of the page, and the facts (facts.json) it adds."""
+
+    html: str
+    facts: dict[str, Any]
+
+
+NOTHING = Section("", {})
+
+
+@dataclass(frozen=True)
+class Lake:
+    """The tables a report reads, each at its current version; None for a table not written yet."""
+
+    bronze: DataFrame | None
+    silver: DataFrame | None
+    gold: DataFrame | None
+    quarantine: DataFrame | None
+    gate_results: DataFrame | None
+    manifests: DataFrame | None
+    clusters: DataFrame | None
+    versions: dict[str, int | None]
+
+    @property
+    def stages(self) -> dict[str, DataFrame]:
+        """The document tables that exist, in pipeline order."""
+        return {name: frame for name, frame in (("bronze", self.bronze), ("silver", self.silver),
+                                                ("gold", self.gold)) if frame is not None}
+
+
+def read_lake(spark: SparkSession, cfg: Config) -> Lake:
+    read = {name: _maybe(spark, cfg, name)
+            for name in ("bronze", "silver", "gold", "quarantine", "gate_results", "manifests", "clusters")}
+    return Lake(**{name: frame for name, (frame, _) in read.items()},
+                versions={name: read[name][1] for name in ("bronze", "silver", "gold", "quarantine")})
+
+
+def latest_manifest(manifests: DataFrame | None) -> dict[str, Any] | None:
+    """The newest mixture manifest (read once: the removals and the mixture sections both use it)."""
+    if manifests is None:
+        return None
+    return json.loads(manifests.orderBy(F.col("created_at").desc()).first()["manifest"])
+
+
+def row_counts(lake: Lake) -> dict[str, int]:
+    counts = {name: frame.count() for name, frame in lake.stages.items()}
+    counts["quarantine"] = lake.quarantine.count() if lake.quarantine is not None else 0
+    return counts
+
+
 def _removals(silver: DataFrame, quarantine: DataFrame | None, counts: dict[str, int],
-              manifests: DataFrame | None) -> dict[str, int]:
+              manifest: dict[str, Any] | None) -> dict[str, int]:
     removed: dict[str, int] = {}
     if quarantine is not None:
         removed.update({f"quarantine:{r['reason']}": r["count"]
@@ -75,109 +127,139 @@ def _removals(silver: DataFrame, quarantine: DataFrame | None, counts: dict[str,
     for reason, column in (("near_duplicate", "duplicate_of"), ("semantic_duplicate", "semantic_duplicate_of")):
         if column in silver.columns:
             removed[reason] = silver.where(F.col(column).isNotNull()).count()
-    if manifests is not None:
-        latest = json.loads(manifests.orderBy(F.col("created_at").desc()).first()["manifest"])
-        removed.update({f"mixture:{k}": v for k, v in latest.get("excluded_by_reason", {}).items()
+    if manifest is not None:
+        removed.update({f"mixture:{k}": v for k, v in manifest.get("excluded_by_reason", {}).items()
                         if k not in ("near_duplicate", "semantic_duplicate")})
     return {k: int(v) for k, v in removed.items() if v}
 
 
-def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]:
-    bronze, bronze_v = _maybe(spark, cfg, "bronze")
-    silver, silver_v = _maybe(spark, cfg, "silver")
-    gold, gold_v = _maybe(spark, cfg, "gold")
-    quarantine, quarantine_v = _maybe(spark, cfg, "quarantine")
-    gate_results, _ = _maybe(spark, cfg, "gate_results")
-    manifests, _ = _maybe(spark, cfg, "manifests")
-    sections: list[str] = []
-    facts: dict[str, Any] = {"versions": {"bronze": bronze_v, "silver": silver_v, "gold": gold_v,
-                                          "quarantine": quarantine_v}}
+def rows_section(counts: dict[str, int], versions: dict[str, int | None]) -> Section:
+    return Section("<h2>Rows per table</h2>" + _table(pd.DataFrame(
+        [{"table": k, "rows": v, "version": versions.get(k)} for k, v in counts.items()])), {"rows": counts})
 
-    stage_frames = {name: frame for name, frame in (("bronze", bronze), ("silver", silver), ("gold", gold))
-                    if frame is not None}
-    counts = {name: frame.count() for name, frame in stage_frames.items()}
-    counts["quarantine"] = quarantine.count() if quarantine is not None else 0
-    facts["rows"] = counts
-    sections.append("<h2>Rows per table</h2>" + _table(pd.DataFrame(
-        [{"table": k, "rows": v, "version": facts["versions"].get(k)} for k, v in counts.items()])))
 
-    if quarantine is not None:
-        reasons = quarantine.groupBy("source", "reason").count().orderBy("source", "reason").toPandas()
-        by_reason = reasons.groupby("reason")["count"].sum().sort_values()
-        sections.append("<h2>Quarantined records by reason</h2>" + _plot(
-            lambda ax: (by_reason.plot.barh(ax=ax, color="#c0504d"), ax.set_xlabel("records"))) + _table(reasons))
+def quarantine_section(quarantine: DataFrame | None) -> Section:
+    if quarantine is None:
+        return NOTHING
+    reasons = quarantine.groupBy("source", "reason").count().orderBy("source", "reason").toPandas()
+    by_reason = reasons.groupby("reason")["count"].sum().sort_values()
+    return Section("<h2>Quarantined records by reason</h2>" + _plot(
+        lambda ax: (by_reason.plot.barh(ax=ax, color="#c0504d"), ax.set_xlabel("records"))) + _table(reasons), {})
 
-    for column in ("origin", "source"):
-        comp = _composition(stage_frames, column)
-        if len(comp):
-            sections.append(f"<h2>Documents by {column} at each stage</h2>" + _plot(
-                lambda ax, c=comp: (c.plot.barh(ax=ax), ax.set_xlabel("documents")))
-                + _table(comp.reset_index()))
 
-    if silver is not None:
-        removed = _removals(silver, quarantine, counts, manifests)
-        facts["removed_by_reason"] = removed
-        if removed:
-            frame = pd.Series(removed).sort_values()
-            sections.append("<h2>Documents removed or excluded, by reason</h2><p>Quarantine at ingest, duplicates "
-                            "collapsed or marked in silver, and exclusions of the latest mixture.</p>" + _plot(
-                                lambda ax: (frame.plot.barh(ax=ax, color="#8064a2"), ax.set_xlabel("documents")))
-                            + _table(frame.rename_axis("reason").reset_index(name="documents")))
+def composition_section(stages: dict[str, DataFrame], column: str) -> Section:
+    comp = _composition(stages, column)
+    if not len(comp):
+        return NOTHING
+    return Section(f"<h2>Documents by {column} at each stage</h2>" + _plot(
+        lambda ax: (comp.plot.barh(ax=ax), ax.set_xlabel("documents"))) + _table(comp.reset_index()), {})
 
-    clusters, _ = _maybe(spark, cfg, "clusters")
-    if clusters is not None:
-        sizes = clusters.select("cluster_id", "size").orderBy("cluster_id").toPandas().set_index("cluster_id")
-        facts["cluster_sizes"] = {int(k): int(v) for k, v in sizes["size"].items()}
-        sections.append("<h2>Embedding clusters: documents per cluster (silver)</h2>" + _plot(
-            lambda ax: (sizes["size"].plot.bar(ax=ax, color="#4bacc6"), ax.set_ylabel("documents"))))
 
-    present = [c for c in SIGNAL_COLUMNS if silver is not None and c in silver.columns]
-    if present:
-        sample = silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas()
-        for column in present:
-            def draw(ax, col=column):
-                for origin, part in sample.groupby("origin"):
-                    ax.hist(part[col], bins=40, alpha=0.55, label=str(origin))
-                ax.set_xlabel(col)
-                ax.set_ylabel("documents")
-                ax.legend()
-            sections.append(f"<h3>Silver: {column} by origin</h3>" + _plot(draw))
+def removals_section(lake: Lake, counts: dict[str, int], manifest: dict[str, Any] | None) -> Section:
+    if lake.silver is None:
+        return NOTHING
+    removed = _removals(lake.silver, lake.quarantine, counts, manifest)
+    if not removed:
+        return Section("", {"removed_by_reason": removed})
+    frame = pd.Series(removed).sort_values()
+    return Section("<h2>Documents removed or excluded, by reason</h2><p>Quarantine at ingest, duplicates "
+                   "collapsed or marked in silver, and exclusions of the latest mixture.</p>" + _plot(
+                       lambda ax: (frame.plot.barh(ax=ax, color="#8064a2"), ax.set_xlabel("documents")))
+                   + _table(frame.rename_axis("reason").reset_index(name="documents")),
+                   {"removed_by_reason": removed})
 
-    if gate_results is not None:
-        latest = gate_results.groupBy("suite").agg(F.max("evaluated_at").alias("evaluated_at"))
-        outcomes = (gate_results.join(latest, ["suite", "evaluated_at"])
-                    .select("suite", "target", "expectation", "kwargs", "success", "evaluated_at")
-                    .orderBy("suite", "expectation").toPandas())
-        facts["gates_failed"] = int((~outcomes["success"]).sum())
-        sections.append("<h2>Latest gate outcomes</h2>" + _table(outcomes))
 
-    if manifests is not None:
-        latest_manifest = json.loads(manifests.orderBy(F.col("created_at").desc()).first()["manifest"])
-        facts["manifest"] = {k: latest_manifest[k] for k in ("mixture", "run_id", "tokens", "token_budget")}
-        achieved = pd.DataFrame(latest_manifest["by_group"]).T.reset_index(names="group")
-        if "target_tokens" in achieved:
-            sections.append(f"<h2>Mixture “{html.escape(latest_manifest['mixture'])}”: tokens achieved vs target"
-                            "</h2>" + _plot(lambda ax: (achieved.set_index("group")[["tokens", "target_tokens"]]
-                                                        .plot.barh(ax=ax), ax.set_xlabel("tokens"))))
-        clusters = pd.DataFrame(latest_manifest.get("by_cluster", {})).T
-        if len(clusters) and "eligible_tokens" in clusters:
-            clusters = clusters.reindex(sorted(clusters.index, key=int))[["eligible_tokens", "target_tokens", "tokens"]]
-            sections.append("<h2>Cluster coverage: eligible silver tokens vs mixture target and achieved</h2>" + _plot(
-                lambda ax: (clusters.plot.bar(ax=ax), ax.set_xlabel("cluster"), ax.set_ylabel("tokens")))
-                + _table(clusters.reset_index(names="cluster")))
-        sections.append("<h3>Manifest</h3><pre>" + html.escape(json.dumps(latest_manifest, indent=2)) + "</pre>")
+def clusters_section(clusters: DataFrame | None) -> Section:
+    if clusters is None:
+        return NOTHING
+    sizes = clusters.select("cluster_id", "size").orderBy("cluster_id").toPandas().set_index("cluster_id")
+    return Section("<h2>Embedding clusters: documents per cluster (silver)</h2>" + _plot(
+        lambda ax: (sizes["size"].plot.bar(ax=ax, color="#4bacc6"), ax.set_ylabel("documents"))),
+        {"cluster_sizes": {int(k): int(v) for k, v in sizes["size"].items()}})
 
+
+def signals_section(silver: DataFrame | None) -> Section:
+    present = [c for c in REPORTED_SIGNALS if silver is not None and c in silver.columns]
+    if not present:
+        return NOTHING
+    sample = silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas()
+
+    def draw(ax, column: str) -> None:
+        for origin, part in sample.groupby("origin"):
+            ax.hist(part[column], bins=40, alpha=0.55, label=str(origin))
+        ax.set_xlabel(column)
+        ax.set_ylabel("documents")
+        ax.legend()
+
+    return Section("".join(f"<h3>Silver: {column} by origin</h3>" + _plot(partial(draw, column=column))
+                           for column in present), {})
+
+
+def gates_section(gate_results: DataFrame | None) -> Section:
+    if gate_results is None:
+        return NOTHING
+    latest = gate_results.groupBy("suite").agg(F.max("evaluated_at").alias("evaluated_at"))
+    outcomes = (gate_results.join(latest, ["suite", "evaluated_at"])
+                .select("suite", "target", "expectation", "kwargs", "success", "evaluated_at")
+                .orderBy("suite", "expectation").toPandas())
+    return Section("<h2>Latest gate outcomes</h2>" + _table(outcomes),
+                   {"gates_failed": int((~outcomes["success"]).sum())})
+
+
+def mixture_section(manifest: dict[str, Any] | None) -> Section:
+    if manifest is None:
+        return NOTHING
+    html_parts = []
+    achieved = pd.DataFrame(manifest["by_group"]).T.reset_index(names="group")
+    if "target_tokens" in achieved:
+        html_parts.append(f"<h2>Mixture “{html.escape(manifest['mixture'])}”: tokens achieved vs target</h2>"
+                          + _plot(lambda ax: (achieved.set_index("group")[["tokens", "target_tokens"]]
+                                              .plot.barh(ax=ax), ax.set_xlabel("tokens"))))
+    clusters = pd.DataFrame(manifest.get("by_cluster", {})).T
+    if len(clusters) and "eligible_tokens" in clusters:
+        clusters = clusters.reindex(sorted(clusters.index, key=int))[["eligible_tokens", "target_tokens", "tokens"]]
+        html_parts.append("<h2>Cluster coverage: eligible silver tokens vs mixture target and achieved</h2>" + _plot(
+            lambda ax: (clusters.plot.bar(ax=ax), ax.set_xlabel("cluster"), ax.set_ylabel("tokens")))
+            + _table(clusters.reset_index(names="cluster")))
+    html_parts.append("<h3>Manifest</h3><pre>" + html.escape(json.dumps(manifest, indent=2)) + "</pre>")
+    return Section("".join(html_parts), {"manifest": {k: manifest[k] for k in ("mixture", "run_id", "tokens",
+                                                                               "token_budget")}})
+
+
+def render_page(cfg: Config, body: str) -> str:
     generated = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>cleanwell run report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>cleanwell run report</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table.t{{border-collapse:collapse;font-size:13px;margin:.5em 0}} table.t td,table.t th{{padding:3px 8px;
 border-bottom:1px solid #ddd;text-align:left}} pre{{background:#f6f6f6;padding:1em;font-size:12px;overflow:auto}}
 img{{max-width:100%}}</style></head><body>
 <h1>cleanwell run report</h1><p>Generated {generated}. Lake: <code>{html.escape(str(tables.table_ref(cfg, 'bronze')))}
 </code> (table versions in the first table).</p>
-{''.join(sections)}
+{body}
 </body></html>"""
-    return page, facts
+
+
+def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]:
+    """The report page and its facts (row counts, removals by reason, cluster sizes, gate failures, the
+    latest manifest's totals), from the tables at their current versions."""
+    lake = read_lake(spark, cfg)
+    counts = row_counts(lake)
+    manifest = latest_manifest(lake.manifests)
+    sections = [
+        rows_section(counts, lake.versions),
+        quarantine_section(lake.quarantine),
+        composition_section(lake.stages, "origin"),
+        composition_section(lake.stages, "source"),
+        removals_section(lake, counts, manifest),
+        clusters_section(lake.clusters),
+        signals_section(lake.silver),
+        gates_section(lake.gate_results),
+        mixture_section(manifest),
+    ]
+    facts: dict[str, Any] = {"versions": lake.versions}
+    for section in sections:
+        facts.update(section.facts)
+    return render_page(cfg, "".join(section.html for section in sections)), facts
 
 
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
@@ -199,7 +281,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

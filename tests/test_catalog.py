@@ -81,7 +81,7 @@ def test_a_missing_schema_is_reported_not_created(spark, tmp_path):
     schema = f"cleanwell_absent_{uuid.uuid4().hex[:10]}"
     cfg = catalog_config(tmp_path, schema)
     with pytest.raises(SetupError, match=rf"schema `{CATALOG}.{schema}` .* does not exist, and cleanwell does not"):
-        execute(ingest.STEP, spark, cfg)
+        execute(ingest.STEP, spark, cfg, steps=STEPS)
     assert not spark.catalog.databaseExists(f"{CATALOG}.{schema}")
 
 
@@ -117,7 +117,7 @@ def test_steps_write_catalog_tables_by_name_and_resume(spark, local_schema, tmp_
     # A forced re-ingest MERGEs by name and inserts nothing: same rows, no new bronze version.
     bronze_ref = tables.table_ref(cfg, "bronze")
     version = tables.current_version(spark, bronze_ref)
-    forced = execute(ingest.STEP, spark, cfg, force=True)
+    forced = execute(ingest.STEP, spark, cfg, steps=STEPS, force=True)
     assert forced.summary["inserted"] == 0
     assert forced.summary["removed"]["already_ingested"] == bronze.count()
     assert tables.current_version(spark, bronze_ref) == version

@@ -1,7 +1,6 @@
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +11,6 @@ from udfs.classifier import (
     DetectorTrainingError,
     evaluate,
     hashed_char_ngram_counts,
-    save_detector_model,
     train_detector,
 )
 from udfs.detectors import prepare_texts
@@ -95,19 +93,6 @@ def test_scores_have_one_row_per_text_and_probabilities_in_unit_interval(
 def test_bundle_round_trips_through_bytes(bundle: DetectorBundle, wikihow: tuple[list[str], list[str]]) -> None:
     texts = wikihow[1][:4]
     pd.testing.assert_frame_equal(DetectorBundle.from_bytes(bundle.to_bytes()).score(texts), bundle.score(texts))
-
-
-def test_pyfunc_model_round_trips_through_mlflow_save_and_load(
-        bundle: DetectorBundle, wikihow: tuple[list[str], list[str]], tmp_path: Path) -> None:
-    save_detector_model(bundle, tmp_path / "detector")
-    loaded = mlflow.pyfunc.load_model(str(tmp_path / "detector"))
-    frame = pd.DataFrame({"text": wikihow[0][:3] + wikihow[1][:3]}, index=[10, 11, 12, 13, 14, 15])
-    predicted = loaded.predict(frame)
-    expected = bundle.score(frame["text"].tolist())
-    expected.index = frame.index
-    pd.testing.assert_frame_equal(predicted, expected)
-    with pytest.raises(KeyError, match="column `text` missing"):
-        loaded.unwrap_python_model().predict(None, pd.DataFrame({"body": ["x"]}))
 
 
 def test_training_rejects_labels_that_do_not_fit() -> None:

@@ -12,8 +12,18 @@ from sklearn.metrics import roc_auc_score
 
 from jobs.cli import cli
 from jobs.common import tables
-from jobs.detect import is_held_back, load_detector, score
-from jobs.tokenizer import load_tokenizer
+from jobs.common.config import load_mixture
+from jobs.common.eligibility import apply_exclusions, document_exclusions, with_effective_origin
+from jobs.common.tokenizer_model import load_tokenizer
+from jobs.detect import (
+    HELD_BACK_MAX_PER_LABEL,
+    declared_sample,
+    is_held_back,
+    load_detector,
+    read_pairs,
+    score,
+    training_set,
+)
 from tests.conftest import REPO
 from udfs.classifier import SCORE_COLUMNS
 from udfs.ngram_lm import train_ngram_lm
@@ -59,7 +69,10 @@ def test_synthetic_probability_separates_declared_origins(spark, demo):
     assert frame["synthetic_probability"].between(0, 1).all()
 
 
-def test_watermarked_text_of_unknown_origin_becomes_synthetic_but_declared_origin_stays(spark, demo):
+def test_watermark_is_evidence_in_silver_and_the_mixture_decides_with_its_threshold(spark, demo):
+    """detect writes watermark_z and keeps declared provenance (and restores provenance a 0.1.0 lake had
+    rewritten); the mixture's threshold makes undeclared watermarked text synthetic, excluded with the
+    reason `watermark`, and raising the threshold undoes that without rescoring."""
     cfg, _, _ = demo
     tokenizer_bytes = load_tokenizer(spark, cfg)
     tokenizer = Tokenizer.from_bytes(tokenizer_bytes)
@@ -70,13 +83,31 @@ def test_watermarked_text_of_unknown_origin_becomes_synthetic_but_declared_origi
     watermarked = tokenizer.decode_ids([ids])[0]
     plain = human.iloc[0]
     rows = [("w1", watermarked, "unknown", None), ("w2", watermarked, "human", "declared"),
-            ("p1", plain, "unknown", None)]
+            ("w3", watermarked, "synthetic", "watermark"), ("p1", plain, "unknown", None)]
     frame = spark.createDataFrame(rows, "doc_id string, text string, origin string, provenance_method string")
-    out = {r["doc_id"]: r for r in score(spark, frame, cfg, tokenizer_bytes).collect()}
-    assert out["w1"]["watermark_z"] >= cfg.detect.watermark_z_threshold
-    assert (out["w1"]["origin"], out["w1"]["provenance_method"]) == ("synthetic", "watermark")
-    assert (out["w2"]["origin"], out["w2"]["provenance_method"]) == ("human", "declared")
-    assert out["p1"]["watermark_z"] < 2 and out["p1"]["origin"] == "unknown"
+    scored = score(spark, frame, cfg, tokenizer_bytes).withColumn("source", F.lit("web")).cache()
+    out = {r["doc_id"]: r for r in scored.collect()}
+    mixture = load_mixture(cfg.sample.mixture)
+    threshold = mixture.filters.watermark_z_threshold
+    assert out["w1"]["watermark_z"] >= threshold and out["p1"]["watermark_z"] < 2
+    assert [(out[d]["origin"], out[d]["provenance_method"]) for d in ("w1", "w2", "w3", "p1")] == \
+        [("unknown", None), ("human", "declared"), ("unknown", None), ("unknown", None)]
+
+    def decide(threshold):
+        mix = mixture.model_copy(update={"filters": mixture.filters.model_copy(
+            update={"watermark_z_threshold": threshold, "max_synthetic_probability": 1.0})})
+        checks = [c for c in document_exclusions(mix, scored.columns) if c.reason == "watermark"]
+        judged = apply_exclusions(with_effective_origin(scored, mix), checks)
+        return {r["doc_id"]: (r["effective_origin"], r["origin_decided_by"], r["exclusion_reason"],
+                              r["exclusion_value"], r["exclusion_threshold"]) for r in judged.collect()}
+
+    decided = decide(threshold)
+    assert decided["w1"] == ("synthetic", "watermark", "watermark", pytest.approx(out["w1"]["watermark_z"]),
+                             threshold)
+    assert decided["w3"][:3] == ("synthetic", "watermark", "watermark")
+    assert decided["w2"][:3] == ("human", "declared", None) and decided["p1"][:3] == ("unknown", None, None)
+    assert {d: v[:3] for d, v in decide(1e6).items()}["w1"] == ("unknown", None, None)
+
 
 
 def test_eval_detector_reports_each_detector_cross_domain(tmp_path):
@@ -110,3 +141,28 @@ def test_eval_detector_reports_each_detector_cross_domain(tmp_path):
         p["human_text"])) and not is_held_back(normalize_text(p["machine_text"]))), encoding="utf-8")
     refused = CliRunner().invoke(cli, args[:2] + [str(trained_on)] + args[3:])
     assert refused.exit_code == 2 and "were training data" in refused.output
+
+
+@pytest.mark.parametrize("max_training_documents", [20, 400])
+def test_declared_sample_capped_in_spark_trains_on_the_texts_the_whole_table_would_give(
+        spark, demo, make_config, max_training_documents):
+    """training_set collects a bounded sample of silver (declared_sample); the result must equal the
+    selection made from every declared-origin document on the driver (as before the cap)."""
+    cfg = make_config(f"detect.max_training_documents={max_training_documents}")
+    table = silver(spark, demo[0])
+    data = training_set(cfg, table)
+    rows = (table.where((F.col("provenance_method") == "declared") & F.col("origin").isin("human", "synthetic"))
+            .orderBy(F.xxhash64("doc_id"), "doc_id").select("text", "origin").collect())
+    pairs_human, pairs_machine = read_pairs(cfg.detect.training_files)
+    human = list(dict.fromkeys(pairs_human + [r["text"] for r in rows if r["origin"] == "human"]))
+    machine = list(dict.fromkeys(pairs_machine + [r["text"] for r in rows if r["origin"] == "synthetic"]))
+    both = set(human) & set(machine)
+    human, machine = [t for t in human if t not in both], [t for t in machine if t not in both]
+    per_label = max_training_documents // 2
+    expected_human = [t for t in human if not is_held_back(t)][:per_label]
+    expected_machine = [t for t in machine if not is_held_back(t)][:per_label]
+    assert data.texts == expected_human + expected_machine
+    assert data.held_back_human == [t for t in human if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
+    assert data.held_back_machine == [t for t in machine if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
+    if max_training_documents == 20:  # the cap bites: the driver gets fewer rows than the table has
+        assert len(declared_sample(table, per_label, 0)) < len(rows)

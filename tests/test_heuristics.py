@@ -20,7 +20,7 @@ from udfs.heuristics import (
     QualityThresholds,
     UnknownThresholdError,
     failed_quality_rules,
-    quality_signals,
+    quality_rule_signals,
 )
 
 EXAMPLES_PATH = Path(__file__).parent / "data" / "quality_examples.jsonl"
@@ -35,7 +35,7 @@ def _example_text(example: dict) -> str:
 
 @pytest.fixture(scope="module")
 def example_signals() -> pd.DataFrame:
-    return quality_signals([_example_text(example) for example in EXAMPLES])
+    return quality_rule_signals([_example_text(example) for example in EXAMPLES])
 
 
 def test_every_rule_has_one_passing_and_one_failing_example():
@@ -61,7 +61,7 @@ def test_rule_outcome_on_hand_picked_example(position: int, example_signals: pd.
 
 
 def test_signals_have_every_column_in_input_order_and_null_is_empty_text():
-    signals = quality_signals(pd.Series(["one two three", None, ""], dtype="string"))
+    signals = quality_rule_signals(pd.Series(["one two three", None, ""], dtype="string"))
     assert list(signals.columns) == list(SIGNAL_COLUMNS)
     assert signals["gopher_word_count"].tolist() == [3, 0, 0]
     assert signals["gopher_word_count"].dtype == np.int64
@@ -71,19 +71,19 @@ def test_signals_have_every_column_in_input_order_and_null_is_empty_text():
 
 
 def test_empty_batch_gives_empty_frame_with_all_columns():
-    signals = quality_signals([])
+    signals = quality_rule_signals([])
     assert signals.shape == (0, len(SIGNAL_COLUMNS))
     assert failed_quality_rules(signals, QualityThresholds()).tolist() == []
 
 
 def test_empty_document_fails_only_length_and_sentence_rules():
-    failed = failed_quality_rules(quality_signals([""]), QualityThresholds()).iloc[0]
+    failed = failed_quality_rules(quality_rule_signals([""]), QualityThresholds()).iloc[0]
     assert failed == ["gopher_too_few_words", "gopher_too_few_stop_words", "c4_too_few_sentences"]
 
 
 def test_gopher_quality_values_on_hand_counted_text():
     text = "The #1 cat... sat with the dog!\n• 42 $5\n- Then\nit ended…"
-    row = quality_signals([text]).iloc[0]
+    row = quality_rule_signals([text]).iloc[0]
     # Whitespace tokens: The #1 cat... sat with the dog! • 42 $5 - Then it ended… (14);
     # "•" and "-" are punctuation only, so 12 words.
     assert row["gopher_word_count"] == 12
@@ -99,23 +99,23 @@ def test_gopher_quality_values_on_hand_counted_text():
 
 def test_duplicate_line_and_paragraph_fractions_count_repeats_after_the_first():
     text = "alpha beta\ngamma\nalpha beta\ndelta"
-    row = quality_signals([text]).iloc[0]
+    row = quality_rule_signals([text]).iloc[0]
     assert row["gopher_dup_line_fraction"] == pytest.approx(1 / 4)
     assert row["gopher_dup_line_char_fraction"] == pytest.approx(10 / 33)
     assert row["fineweb_dup_line_char_fraction"] == pytest.approx(10 / 30)
     paragraphs = "one para\n\ntwo para\n\none para"
-    row = quality_signals([paragraphs]).iloc[0]
+    row = quality_rule_signals([paragraphs]).iloc[0]
     assert row["gopher_dup_paragraph_fraction"] == pytest.approx(1 / 3)
     assert row["gopher_dup_paragraph_char_fraction"] == pytest.approx(8 / len(paragraphs))
 
 
 def test_ngram_fractions_count_overlapping_characters_once():
     # The 5-gram "w1..w5" occurs twice: every word is covered once; no 6-gram repeats.
-    row = quality_signals(["alpha bravo charlie delta echo alpha bravo charlie delta echo"]).iloc[0]
+    row = quality_rule_signals(["alpha bravo charlie delta echo alpha bravo charlie delta echo"]).iloc[0]
     assert row["gopher_dup_5gram_char_fraction"] == pytest.approx(1.0)
     assert row["gopher_dup_6gram_char_fraction"] == 0.0
     # "red car" twice: 2 x 6 characters over 16 word characters; punctuation and case ignored.
-    row = quality_signals(["Red car, red car blue"]).iloc[0]
+    row = quality_rule_signals(["Red car, red car blue"]).iloc[0]
     assert row["gopher_top_2gram_char_fraction"] == pytest.approx(12 / 16)
     assert row["gopher_top_3gram_char_fraction"] == 0.0
 
@@ -144,7 +144,7 @@ def test_hashed_ngram_fractions_equal_tuple_reference_on_real_texts():
              (M4 / "wikihow_llama2.jsonl").read_text(encoding="utf-8").splitlines()[:25]]
     columns = [f"gopher_top_{n}gram_char_fraction" for n in (2, 3, 4)] + \
               [f"gopher_dup_{n}gram_char_fraction" for n in range(5, 11)]
-    ours = quality_signals(texts)[columns].to_numpy()
+    ours = quality_rule_signals(texts)[columns].to_numpy()
     reference = np.array([_reference_ngram_fractions(text) for text in texts])
     np.testing.assert_allclose(ours, reference, rtol=1e-12)
     assert (reference[:, 3] > 0).sum() >= 10  # the comparison is not vacuous: most texts repeat 5-grams
@@ -153,8 +153,8 @@ def test_hashed_ngram_fractions_equal_tuple_reference_on_real_texts():
 def test_a_document_scores_the_same_alone_or_in_a_batch_with_copies_of_itself():
     texts = [json.loads(line)["human_text"] for line in
              (M4 / "wikipedia_llama2.jsonl").read_text(encoding="utf-8").splitlines()[:3]]
-    batch = quality_signals([texts[0], texts[1], texts[0], "", texts[2]])
-    alone = pd.concat([quality_signals([text]) for text in (texts[0], texts[1], texts[0], "", texts[2])],
+    batch = quality_rule_signals([texts[0], texts[1], texts[0], "", texts[2]])
+    alone = pd.concat([quality_rule_signals([text]) for text in (texts[0], texts[1], texts[0], "", texts[2])],
                       ignore_index=True)
     pd.testing.assert_frame_equal(batch, alone)
     assert batch.loc[0, "gopher_dup_10gram_char_fraction"] < 0.1  # its copy in the batch is not a repeat
@@ -168,7 +168,7 @@ def test_c4_keeps_only_punctuated_lines_of_three_words_without_javascript_or_pol
             "Read our privacy policy for details.\n"
             "It ends with a citation mark.[12]\n"
             "Trailing dots do not count...")
-    row = quality_signals([text]).iloc[0]
+    row = quality_rule_signals([text]).iloc[0]
     assert row["c4_kept_line_fraction"] == pytest.approx(2 / 7)
     assert row["c4_terminal_punct_line_fraction"] == pytest.approx(5 / 7)
     assert row["c4_enough_words_line_fraction"] == pytest.approx(6 / 7)
@@ -180,13 +180,13 @@ def test_c4_keeps_only_punctuated_lines_of_three_words_without_javascript_or_pol
 
 def test_fineweb_line_fractions_ignore_blank_lines():
     text = "A short line.\n\nThis line is long enough to not count as a short one\n\nMenu"
-    row = quality_signals([text]).iloc[0]
+    row = quality_rule_signals([text]).iloc[0]
     assert row["fineweb_punct_line_fraction"] == pytest.approx(1 / 3)
     assert row["fineweb_short_line_fraction"] == pytest.approx(2 / 3)
 
 
 def test_threshold_change_needs_no_recomputation_and_none_disables_a_rule():
-    signals = quality_signals(["word " * 40])
+    signals = quality_rule_signals(["word " * 40])
     assert "gopher_too_few_words" in failed_quality_rules(signals, {}).iloc[0]
     assert "gopher_too_few_words" not in failed_quality_rules(signals, {"gopher_min_words": 40}).iloc[0]
     assert "gopher_too_few_words" not in failed_quality_rules(signals, {"gopher_min_words": None}).iloc[0]
@@ -202,7 +202,7 @@ def test_boundaries_follow_each_paper():
 
 def test_unknown_threshold_is_an_error_naming_it():
     with pytest.raises(UnknownThresholdError, match="gopher_min_wrds"):
-        failed_quality_rules(quality_signals(["text"]), {"gopher_min_wrds": 10})
+        failed_quality_rules(quality_rule_signals(["text"]), {"gopher_min_wrds": 10})
 
 
 def test_every_rule_names_an_existing_signal_and_threshold():

@@ -31,6 +31,7 @@ from jobs.common.records import (
     read_task,
 )
 from jobs.common.runner import execute
+from jobs.pipeline import STEPS
 
 
 def settings(fmt: str = "jsonl", **ingest_keys) -> ParseSettings:
@@ -217,7 +218,7 @@ def test_a_folder_of_shards_is_ingested_with_exact_lines_and_every_file_counted(
     assert len([r for r in plan.ranges if r.path.endswith("big.jsonl")]) >= 10
     assert any(r.path.endswith("/c.jsonl") for r in plan.ranges)  # sniffed as gzip when read
 
-    summary = execute(ingest.STEP, spark, cfg, force=True).summary
+    summary = execute(ingest.STEP, spark, cfg, steps=STEPS, force=True).summary
     assert summary["files_read"] == {"shards": 4, "big": 1, "notes": 1, "table": 1}
     assert summary["files_skipped"] == {"notes.empty_file": 1, "shards.empty_file": 1,
                                         "shards.unsupported_suffix": 1}

@@ -18,7 +18,7 @@ from jobs.common import tables
 from jobs.common.errors import GateFailed
 from jobs.common.runner import execute
 from jobs.common.schema import QUARANTINE_REASONS
-from jobs.pipeline import STEP_NAMES, run_pipeline
+from jobs.pipeline import STEP_NAMES, STEPS, run_pipeline
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.spark
@@ -101,7 +101,7 @@ def test_rerunning_ingest_adds_no_rows_and_no_version(spark, fork_demo):
     bronze_ref = tables.table_ref(cfg, "bronze")
     before = (tables.current_version(spark, bronze_ref), read(spark, cfg, "bronze").count(),
               read(spark, cfg, "quarantine").count())
-    outcome = execute(ingest.STEP, spark, cfg, force=True)
+    outcome = execute(ingest.STEP, spark, cfg, steps=STEPS, force=True)
     assert outcome.summary["inserted"] == 0
     assert outcome.summary["removed"]["already_ingested"] == before[1]
     after = (tables.current_version(spark, bronze_ref), read(spark, cfg, "bronze").count(),
@@ -146,7 +146,7 @@ def test_failing_gate_publishes_nothing(spark, fork_demo, tmp_path):
     gold_ref = tables.table_ref(cfg, "gold")
     version = tables.current_version(spark, gold_ref)
     with pytest.raises(GateFailed, match="expect_table_row_count_to_be_between"):
-        execute(sample.STEP, spark, strict, force=True)
+        execute(sample.STEP, spark, strict, steps=STEPS, force=True)
     assert tables.current_version(spark, gold_ref) == version
     failed = read(spark, cfg, "gate_results").where((F.col("suite") == "gold") & ~F.col("success")).count()
     assert failed == 1

@@ -11,10 +11,15 @@ from pyspark.sql import functions as F
 from jobs import sample
 from jobs.common import tables
 from jobs.common.config import load_mixture
+from jobs.common.eligibility import eligibility
 from jobs.common.errors import GateFailed
+from jobs.common.manifest import mixture_summary
 from jobs.common.runner import execute
+from jobs.common.selection import allocate, judged_cells, select, with_selection_order
 from jobs.common.tracking import tracked_run
-from udfs.heuristics import failed_quality_rules, quality_signals
+from jobs.pipeline import STEPS
+from tests.conftest import REPO
+from udfs.heuristics import failed_quality_rules, quality_rule_signals
 
 pytestmark = pytest.mark.spark
 DEMO = load_mixture("conf/mixtures/demo.yaml")
@@ -31,12 +36,11 @@ def silver(spark, cfg):
 
 def choose(spark, cfg, mix, frame=None):
     """(chosen rows as {(doc_id, epoch): row}, eligible frame) without publishing anything."""
-    judged, _ = sample.eligibility(frame if frame is not None else silver(spark, cfg), mix)
-    judged = judged.withColumns({"priority_class": sample.priority_class(),
-                                 "selection_rank": F.xxhash64("doc_id", F.lit(mix.seed))})
+    judged, _ = eligibility(frame if frame is not None else silver(spark, cfg), mix)
+    judged = with_selection_order(judged, mix)
     eligible = judged.where(F.col("exclusion_reason").isNull()).drop("exclusion_reason")
-    _, cells = sample.allocate(eligible, mix)
-    rows = sample.select(eligible, mix, cells).collect()
+    _, cells = allocate(judged_cells(judged, mix), mix)
+    rows = select(eligible, mix, cells).collect()
     return {(r["doc_id"], r["epoch"]): r for r in rows}, eligible
 
 
@@ -98,14 +102,14 @@ def test_epochs_never_exceed_the_source_limit(spark, demo):
 def test_unvetted_and_invalid_synthetic_sources_are_left_out(spark, demo):
     cfg, _, _ = demo
     frame = silver(spark, cfg)
-    unvetted, _ = sample.eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
+    unvetted, _ = eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
         update={"vetted_sources": []})))
     reasons = unvetted.where(F.col("effective_origin") == "synthetic").groupBy("exclusion_reason").count().collect()
     assert "synthetic_not_vetted" in {r["exclusion_reason"] for r in reasons}
     assert unvetted.where((F.col("effective_origin") == "synthetic") & F.col("exclusion_reason").isNull()).count() == 0
 
     strict = DEMO.synthetic.validation.model_copy(update={"min_distinct_ratio": 50.0})
-    judged, reports = sample.eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
+    judged, reports = eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
         update={"validation": strict})))
     assert reports["llama2"]["passed"] is False and 0 < reports["llama2"]["precision"] <= 1
     failed = judged.where(F.col("exclusion_reason") == "synthetic_failed_validation").count()
@@ -116,7 +120,7 @@ def test_unvetted_and_invalid_synthetic_sources_are_left_out(spark, demo):
 def test_rejection_sampling_keeps_the_best_of_each_prompt_group(spark, demo):
     cfg, _, _ = demo
     rejection = DEMO.synthetic.rejection.model_copy(update={"group_key": "domain", "keep_per_group": 2})
-    judged, _ = sample.eligibility(silver(spark, cfg), mixture(synthetic=DEMO.synthetic.model_copy(
+    judged, _ = eligibility(silver(spark, cfg), mixture(synthetic=DEMO.synthetic.model_copy(
         update={"rejection": rejection})))
     rows = judged.where(F.col("source") == "llama2").select("domain", "ngram_repetition",
                                                               "exclusion_reason").toPandas()
@@ -130,12 +134,12 @@ def test_rejection_sampling_keeps_the_best_of_each_prompt_group(spark, demo):
 
 def test_quality_rule_exclusions_match_the_pure_rules(spark, demo):
     cfg, _, _ = demo
-    judged, _ = sample.eligibility(silver(spark, cfg), mixture(filters=DEMO.filters.model_copy(
+    judged, _ = eligibility(silver(spark, cfg), mixture(filters=DEMO.filters.model_copy(
         update={"exclude_duplicates": False, "languages": None, "min_words": 0, "min_alpha_ratio": 0.0,
                 "max_duplicate_line_fraction": 1.0})))
     rows = (judged.where((F.col("effective_origin") != "synthetic") & F.col("source").isin(list(DEMO.weights)))
             .select("text", "exclusion_reason").toPandas())
-    expected = failed_quality_rules(quality_signals(rows["text"].tolist()), DEMO.filters.quality_thresholds)
+    expected = failed_quality_rules(quality_rule_signals(rows["text"].tolist()), DEMO.filters.quality_thresholds)
     for reason, failed in zip(rows["exclusion_reason"], expected, strict=True):
         want = f"quality:{failed[0]}" if failed else None
         assert (reason if isinstance(reason, str) else None) == want
@@ -156,7 +160,11 @@ def gold_and_log(spark, demo):
 
 def test_the_published_style_mixture_passes_the_gate(spark, gold_and_log):
     cfg, gold, log = gold_and_log
-    sample.check_mixture(cfg, spark, sample.mixture_summary(gold, DEMO), DEMO, log)
+    queued = len(log.gate_rows)
+    sample.check_mixture(cfg, spark, mixture_summary(gold, DEMO), DEMO, log)
+    outcomes = log.gate_rows[queued:]
+    assert len(outcomes) == len(sample.MIXTURE_GATE_COLUMNS)  # one expectation per summary number
+    assert all(success for *_, success, _observed, _at in outcomes)
 
 
 @pytest.mark.parametrize("tamper, expectation_column", [
@@ -187,7 +195,7 @@ def test_each_mixture_gate_fails_on_a_tampered_mixture(spark, demo, gold_and_log
         bad = gold
     mix = mixture(max_source_share=0.2) if tamper == "one_source" else DEMO
     with pytest.raises(GateFailed) as failure:
-        sample.check_mixture(cfg, spark, sample.mixture_summary(bad, mix), mix, log)
+        sample.check_mixture(cfg, spark, mixture_summary(bad, mix), mix, log)
     failed = [o.kwargs["column"] for o in failure.value.result.failures]
     assert expectation_column in failed
 
@@ -200,7 +208,7 @@ def test_failed_mixture_gate_publishes_no_gold_and_no_manifest(spark, fork_demo,
     gold_ref = tables.table_ref(cfg, "gold")
     version = tables.current_version(spark, gold_ref)
     with pytest.raises(GateFailed, match="max_weight_error|synthetic_share"):
-        execute(sample.STEP, spark, cfg, force=True)
+        execute(sample.STEP, spark, cfg, steps=STEPS, force=True)
     assert tables.current_version(spark, gold_ref) == version
     assert not (root / "manifests" / "impossible").exists()
 
@@ -213,7 +221,9 @@ def test_demo_mixture_manifest_and_shards(spark, demo):
     assert set(manifest["by_group"]) == set(DEMO.weights)
     assert all("target_tokens" in v for v in manifest["by_cluster"].values())
     assert manifest["synthetic_validation"]["llama2"]["passed"] is True
-    assert manifest["inputs"]["clusters"]["version"] >= 0
+    clusters = tables.table_ref(cfg, "clusters")
+    assert manifest["inputs"]["clusters"] == {"location": str(clusters),
+                                              "version": tables.current_version(spark, clusters)}
     gold = tables.read_table(spark, tables.table_ref(cfg, "gold"), manifest["gold_version"])
     shards = spark.read.json(manifest["export"])
     assert shards.count() == gold.where(F.col("mixture") == "demo").count() == manifest["rows"]
@@ -221,3 +231,44 @@ def test_demo_mixture_manifest_and_shards(spark, demo):
     assert len(list(Path(manifest["export"]).glob("part-*"))) == DEMO.export.shards
     assert sum(outcomes["sample"].summary["excluded"].values()) + manifest["eligible_documents"] == \
         tables.read_table(spark, tables.table_ref(cfg, "silver"), manifest["inputs"]["silver"]["version"]).count()
+
+
+def test_demo_gold_and_manifest_counts_are_pinned(spark, demo):
+    """Refactors must not change what the demo mixture contains. The pins were written from the demo
+    fixture's run (tests/conftest.py settings: 4 shuffle partitions) before the #15 refactor; a change
+    of the method that is meant to change them regenerates both files and says why in its commit."""
+    cfg, root, _ = demo
+    gold = tables.read_table(spark, tables.table_ref(cfg, "gold")).select("mixture", "doc_id").distinct()
+    pinned = (REPO / "tests/data/demo_gold_doc_ids.tsv").read_text().splitlines()
+    assert sorted(f"{r['mixture']}\t{r['doc_id']}" for r in gold.collect()) == pinned
+    manifest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
+    counts = json.loads((REPO / "tests/data/demo_manifest_counts.json").read_text())
+    assert {key: manifest[key] for key in counts} == counts
+
+
+def test_every_excluded_document_has_a_row_saying_why(spark, demo):
+    """The exclusions table answers "why is doc X not in the mixture": one row per excluded document,
+    silver = eligible + excluded, and the evidence agrees with silver's own columns."""
+    cfg, root, _ = demo
+    manifest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
+    exclusions = tables.read_table(spark, tables.table_ref(cfg, "exclusions"), manifest["exclusions_version"])
+    rows = exclusions.where(F.col("mixture") == "demo").cache()
+    silver_rows = tables.read_table(spark, tables.table_ref(cfg, "silver"), manifest["inputs"]["silver"]["version"])
+    by_reason = {r["reason"]: r["count"] for r in rows.groupBy("reason").count().collect()}
+    assert by_reason == manifest["excluded_by_reason"]
+    assert rows.count() == rows.select("doc_id").distinct().count()
+    assert rows.count() + manifest["eligible_documents"] == silver_rows.count()
+    gold = tables.read_table(spark, tables.table_ref(cfg, "gold"), manifest["gold_version"])
+    assert rows.join(gold, "doc_id").count() == 0
+    assert rows.select("run_id").distinct().collect()[0][0] == manifest["run_id"]
+    joined = rows.join(silver_rows, "doc_id")
+    # A numeric reason carries the value that failed and the bound it failed.
+    assert joined.where((F.col("reason") == "min_alpha_ratio")
+                        & ~((F.col("value") == F.col("alpha_ratio")) & (F.col("value") < F.col("threshold")))
+                        ).count() == 0
+    assert joined.where(F.col("reason").startswith("quality:") & F.col("value").isNull()).count() == 0
+    # A duplicate names the document kept instead.
+    near = joined.where(F.col("reason") == "near_duplicate")
+    assert near.count() == by_reason["near_duplicate"]
+    assert near.where(F.col("detail") != F.col("duplicate_of")).count() == 0
+    rows.unpersist()

@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from jobs.common import tables
-from udfs.heuristics import SIGNAL_COLUMNS, quality_signals
+from udfs.heuristics import SIGNAL_COLUMNS, quality_rule_signals
 from udfs.langid import detect_language
 from udfs.semdedup import semantic_duplicate_of_brute_force
 
@@ -21,7 +21,7 @@ def silver(spark, cfg):
 def test_spark_quality_columns_equal_the_pure_functions(spark, demo):
     cfg, _, _ = demo
     rows = silver(spark, cfg).orderBy("doc_id").limit(40).toPandas()
-    expected = quality_signals(rows["text"].tolist())
+    expected = quality_rule_signals(rows["text"].tolist())
     for column in SIGNAL_COLUMNS:
         np.testing.assert_allclose(rows[column].to_numpy(dtype=float), expected[column].to_numpy(dtype=float),
                                    equal_nan=True, err_msg=column)

@@ -99,6 +99,7 @@ def test_a_file_uri_lake_and_output_folders(spark, fork_demo):
     from jobs import report, sample
     from jobs.common import tables
     from jobs.common.runner import execute
+    from jobs.pipeline import STEPS
 
     _, copy = fork_demo()
     exports = copy / "exports"
@@ -109,10 +110,10 @@ def test_a_file_uri_lake_and_output_folders(spark, fork_demo):
                        f"report.dir={(copy / 'r').as_uri()}", f"sample.mixture={(copy / 'mixture.yaml').as_uri()}")
     assert tables.table_ref(cfg, "gold").location.startswith("file://")
     before = tables.current_version(spark, tables.table_ref(cfg, "gold"))
-    outcome = execute(sample.STEP, spark, cfg, force=True)
+    outcome = execute(sample.STEP, spark, cfg, steps=STEPS, force=True)
     assert tables.current_version(spark, tables.table_ref(cfg, "gold")) == before + 1
     manifest = json.loads((copy / "m" / "demo" / "latest.json").read_text())
     assert manifest["documents"] == outcome.summary["documents"] > 0
     assert list((exports / "demo").glob("*/part-*"))
-    execute(report.STEP, spark, cfg, force=True)
+    execute(report.STEP, spark, cfg, steps=STEPS, force=True)
     assert "cleanwell run report" in (copy / "r" / "latest.html").read_text()

@@ -4,7 +4,7 @@ Pure core (numpy, scikit-learn, pandas; no Spark). One call, :func:`train_detect
 texts into a :class:`DetectorBundle` that holds everything needed to score new text: tokenizer,
 human reference n-gram model, hashed character n-gram classifier and the stacker. The bundle
 scores a batch into a DataFrame with one column per detector plus ``synthetic_probability``;
-:class:`SyntheticTextDetectorModel` wraps it for MLflow (``mlflow.pyfunc.spark_udf``).
+jobs/common/detector_model.py wraps it for MLflow (this module knows no MLflow).
 
 How the combination is trained (so that nothing is scored on data it was fitted on):
 
@@ -19,15 +19,11 @@ This module scores; it never decides. Thresholds on ``synthetic_probability`` li
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 from scipy import sparse
@@ -50,8 +46,6 @@ from udfs.tokenizer import Tokenizer, train_tokenizer
 
 DETECTOR_COLUMNS = ("classifier_score", *ZERO_SHOT_SIGNALS)
 SCORE_COLUMNS = (*DETECTOR_COLUMNS, "synthetic_probability")
-# ``result_type`` for ``mlflow.pyfunc.spark_udf``: the pyfunc returns these columns as a struct.
-SPARK_RESULT_TYPE = ", ".join(f"{column} double" for column in SCORE_COLUMNS)
 _BUNDLE_FORMAT_VERSION = 1
 
 
@@ -415,87 +409,3 @@ def cross_domain_evaluation(train_human: Sequence[str], train_machine: Sequence[
                                       seed=(params or DetectorParams()).seed)
     bundle = train_detector(train_texts, labels, tokenizer_bytes, None, params)
     return evaluate(bundle, test_human, test_machine)
-
-
-# ---- MLflow ------------------------------------------------------------------------------------
-
-class SyntheticTextDetectorModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around a :class:`DetectorBundle`.
-
-    Input: a DataFrame with a string column ``text``. Output: a DataFrame with the float columns
-    :data:`SCORE_COLUMNS`, one row per input row, so ``mlflow.pyfunc.spark_udf(..., result_type=...)``
-    can return a struct of scores.
-    """
-
-    def __init__(self) -> None:
-        self.bundle: DetectorBundle | None = None
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.bundle = DetectorBundle.from_bytes(Path(context.artifacts["detector_bundle"]).read_bytes())
-
-    def predict(self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame,
-                params: dict[str, Any] | None = None) -> pd.DataFrame:
-        if self.bundle is None:
-            raise RuntimeError("the detector bundle is not loaded; load the model with mlflow.pyfunc.load_model")
-        if "text" not in model_input.columns:
-            found = ", ".join(map(str, model_input.columns))
-            raise KeyError(f"column `text` missing in the detector input; found: {found}")
-        texts = ["" if text is None or (isinstance(text, float) and np.isnan(text)) else str(text)
-                 for text in model_input["text"]]
-        scores = self.bundle.score(texts)
-        scores.index = model_input.index
-        return scores
-
-
-def _model_signature() -> mlflow.models.ModelSignature:
-    from mlflow.types.schema import ColSpec, Schema
-    return mlflow.models.ModelSignature(
-        inputs=Schema([ColSpec("string", "text")]),
-        outputs=Schema([ColSpec("double", column) for column in SCORE_COLUMNS]),
-    )
-
-
-def _default_pip_requirements() -> list[str]:
-    from importlib.metadata import version
-    return [f"{package}=={version(package)}" for package in
-            ("numpy", "pandas", "scipy", "scikit-learn", "sentencepiece", "xxhash", "mlflow")]
-
-
-def _pyfunc_arguments(bundle: DetectorBundle, scratch: str, pip_requirements: list[str] | None,
-                      include_code: bool) -> dict[str, Any]:
-    bundle_file = Path(scratch) / "detector_bundle.pkl"
-    bundle_file.write_bytes(bundle.to_bytes())
-    arguments: dict[str, Any] = {
-        "python_model": SyntheticTextDetectorModel(),
-        "artifacts": {"detector_bundle": str(bundle_file)},
-        "signature": _model_signature(),
-        "input_example": pd.DataFrame({"text": ["A short example document to score."]}),
-        "pip_requirements": pip_requirements or _default_pip_requirements(),
-    }
-    if include_code:
-        arguments["code_paths"] = [str(Path(__file__).resolve().parent)]
-    return arguments
-
-
-def save_detector_model(bundle: DetectorBundle, path: str | os.PathLike[str],
-                        pip_requirements: list[str] | None = None, include_code: bool = False) -> None:
-    """Save ``bundle`` as an MLflow pyfunc model folder at ``path``.
-
-    The model unpickles classes of ``udfs``, so it loads where cleanwell is installed (the jobs'
-    environment, ``spark_udf(env_manager="local")``). ``include_code=True`` copies the ``udfs``
-    package into the model instead, for environments without cleanwell; note that MLflow then
-    re-imports ``udfs`` from that copy in the loading process.
-    """
-    with tempfile.TemporaryDirectory() as scratch:
-        mlflow.pyfunc.save_model(path=str(path), **_pyfunc_arguments(bundle, scratch, pip_requirements, include_code))
-
-
-def log_detector_model(bundle: DetectorBundle, name: str = "synthetic_text_detector",
-                       registered_model_name: str | None = None, pip_requirements: list[str] | None = None,
-                       include_code: bool = False) -> mlflow.models.model.ModelInfo:
-    """Log ``bundle`` to the active MLflow run (and register it when ``registered_model_name`` is
-    given); returns its ModelInfo, whose ``model_uri`` feeds ``mlflow.pyfunc.spark_udf`` with
-    ``result_type=SPARK_RESULT_TYPE``. ``include_code``: as in :func:`save_detector_model`."""
-    with tempfile.TemporaryDirectory() as scratch:
-        return mlflow.pyfunc.log_model(name=name, registered_model_name=registered_model_name,
-                                       **_pyfunc_arguments(bundle, scratch, pip_requirements, include_code))

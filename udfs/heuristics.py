@@ -1,6 +1,6 @@
 """Published web-text quality rules (Gopher, C4, FineWeb) as per-document scores with named rules.
 
-This module only measures. :func:`quality_signals` turns a batch of texts into one row of numbers
+This module only measures. :func:`quality_rule_signals` turns a batch of texts into one row of numbers
 per document (the silver table's quality columns); :func:`failed_quality_rules` compares those
 numbers with thresholds handed in from config and names the rules each document breaks. Nothing
 here drops or edits a document: the sampling job decides, and changing a threshold never requires
@@ -248,7 +248,7 @@ QUALITY_RULES: tuple[QualityRule, ...] = (
 )
 
 
-def quality_signals(texts: Iterable[str | None]) -> pd.DataFrame:
+def quality_rule_signals(texts: Iterable[str | None]) -> pd.DataFrame:
     """One row per text, one column per name in :data:`SIGNAL_COLUMNS`.
 
     A missing text (None, NaN, pd.NA: a null in the Spark column) is scored as the empty text.
@@ -278,7 +278,7 @@ def failed_quality_rules(
     active = [rule for rule in rules if getattr(thresholds, rule.threshold) is not None]
     missing = sorted({rule.signal for rule in active} - set(signals.columns))
     if missing:
-        raise KeyError(f"signal column(s) {missing} missing; compute them with quality_signals")
+        raise KeyError(f"signal column(s) {missing} missing; compute them with quality_rule_signals")
     if not active:
         return pd.Series([[] for _ in range(len(signals))], index=signals.index, dtype="object")
     fails = np.column_stack([_rule_fails(signals[rule.signal], rule.fails_when,

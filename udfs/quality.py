@@ -1,4 +1,6 @@
-"""Basic quality signals, vectorised over a batch of documents (pure pandas/numpy, no Spark).
+"""Text statistics of each document (length, alphabetic share, repeated lines), vectorised over a batch of
+documents (pure pandas/numpy, no Spark). The signals of the published quality rules (Gopher, C4,
+FineWeb) are udfs/heuristics.py.
 
 Scores only: thresholds on them live in the mixture config and only the sampling job applies them.
 """
@@ -7,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-BASIC_SIGNALS = ("n_chars", "n_words", "alpha_ratio", "duplicate_line_fraction")
+TEXT_STATISTICS = ("n_chars", "n_words", "alpha_ratio", "duplicate_line_fraction")
 
 
-def basic_signals(texts: pd.Series) -> pd.DataFrame:
+def text_statistics(texts: pd.Series) -> pd.DataFrame:
     """Per document: characters, whitespace words, share of non-space characters that are alphabetic,
     and share of non-empty lines that repeat an earlier line of the same document."""
     texts = texts.fillna("").astype(str)

@@ -23,11 +23,11 @@ from pyspark.sql.types import (
     StructType,
 )
 
-from udfs.heuristics import SIGNAL_DTYPES, quality_signals
+from udfs.heuristics import SIGNAL_DTYPES, quality_rule_signals
 from udfs.langid import detect_language
-from udfs.quality import basic_signals
+from udfs.quality import text_statistics
 
-BASIC_SIGNALS_TYPE = StructType([
+TEXT_STATISTICS_TYPE = StructType([
     StructField("n_chars", LongType()), StructField("n_words", LongType()),
     StructField("alpha_ratio", DoubleType()), StructField("duplicate_line_fraction", DoubleType()),
 ])
@@ -36,27 +36,28 @@ LANGUAGE_TYPE = StructType([StructField("detected_language", StringType()),
 
 
 _SPARK_TYPES = {"int64": LongType(), "bool": BooleanType(), "float64": DoubleType()}
-HEURISTICS_TYPE = StructType([StructField(name, _SPARK_TYPES[dtype]) for name, dtype in SIGNAL_DTYPES.items()])
+QUALITY_RULE_SIGNALS_TYPE = StructType([StructField(name, _SPARK_TYPES[dtype])
+                                        for name, dtype in SIGNAL_DTYPES.items()])
 
 
-@pandas_udf(BASIC_SIGNALS_TYPE)
-def _basic_signals_udf(texts: pd.Series) -> pd.DataFrame:
-    return basic_signals(texts)
+@pandas_udf(TEXT_STATISTICS_TYPE)
+def _text_statistics_udf(texts: pd.Series) -> pd.DataFrame:
+    return text_statistics(texts)
 
 
-@pandas_udf(HEURISTICS_TYPE)
-def _heuristics_udf(texts: pd.Series) -> pd.DataFrame:
-    return quality_signals(texts)
+@pandas_udf(QUALITY_RULE_SIGNALS_TYPE)
+def _quality_rule_signals_udf(texts: pd.Series) -> pd.DataFrame:
+    return quality_rule_signals(texts)
 
 
-def basic_signals_column(text: Column) -> Column:
-    """Struct column of the basic quality signals of ``text``."""
-    return _basic_signals_udf(text)
+def text_statistics_column(text: Column) -> Column:
+    """Struct column of the text statistics of ``text`` (udfs/quality.py)."""
+    return _text_statistics_udf(text)
 
 
-def heuristics_column(text: Column) -> Column:
-    """Struct column of the Gopher, C4 and FineWeb signals of ``text`` (udfs/heuristics.py)."""
-    return _heuristics_udf(text)
+def quality_rule_signals_column(text: Column) -> Column:
+    """Struct column of the Gopher, C4 and FineWeb quality rule signals of ``text`` (udfs/heuristics.py)."""
+    return _quality_rule_signals_udf(text)
 
 
 def language_column(text: Column, max_chars: int) -> Column:

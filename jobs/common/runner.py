@@ -3,6 +3,9 @@
 A step is *up to date* when its last successful run used the same config hash, read the inputs that
 are current now, and its outputs have not changed since. Such a step is skipped (``--force``
 reruns it), so a retried Airflow task or a re-run after a crash redoes only what is missing.
+
+The pipeline's step order is the caller's (``steps``, jobs.pipeline.STEPS): this module never imports a
+step or the registry, so the import graph has no cycle (tests/test_layering.py).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,22 +75,23 @@ def last_run_id(spark: SparkSession, cfg: Config, step: str) -> str:
     return max(runs, key=lambda r: r["finished_at"])["run_id"]
 
 
-def _upstream_writers(step: Step, table: str) -> list[str]:
-    from jobs.pipeline import STEPS  # the registry imports every job module, which imports this one
-
-    names = [s.name for s in STEPS]
-    before = STEPS[:names.index(step.name)] if step.name in names else STEPS
+def upstream_writers(steps: Sequence[Step], step: Step, table: str) -> list[str]:
+    """Names of the steps that write ``table`` before ``step`` in the pipeline order ``steps`` (every writer
+    in ``steps`` when ``step`` is not one of them)."""
+    names = [s.name for s in steps]
+    before = steps[:names.index(step.name)] if step.name in names else steps
     return [s.name for s in before if table in s.outputs]
 
 
-def fingerprint(spark: SparkSession, cfg: Config, step: Step, runs: list | None = None) -> dict[str, str]:
+def fingerprint(spark: SparkSession, cfg: Config, step: Step, steps: Sequence[Step],
+                runs: list | None = None) -> dict[str, str]:
     """The state of the step's inputs. A table that several steps write in turn (silver gains a column
-    per signal step) is identified by the version its latest *upstream* writer left, so a step's own
-    in-place write, or a later step's, does not make it look stale."""
+    per signal step) is identified by the version its latest *upstream* writer (in the order ``steps``)
+    left, so a step's own in-place write, or a later step's, does not make it look stale."""
     runs = _successful_runs(spark, cfg) if runs is None else runs
     prints = {}
     for table in step.inputs:
-        writers = set(_upstream_writers(step, table))
+        writers = set(upstream_writers(steps, step, table))
         latest = max((r for r in runs if r["step"] in writers), key=lambda r: r["finished_at"], default=None)
         recorded = dict(latest["outputs"]).get(f"table:{table}") if latest is not None else None
         prints[f"table:{table}"] = recorded or _version_key(spark, cfg, table)
@@ -146,14 +150,15 @@ def spark_progress(spark: SparkSession, step: str, echo: Callable[[str], None], 
         done.set()
 
 
-def execute(step: Step, spark: SparkSession, cfg: Config, force: bool = False,
+def execute(step: Step, spark: SparkSession, cfg: Config, *, steps: Sequence[Step], force: bool = False,
             echo: Callable[[str], None] = click.echo) -> StepOutcome:
-    """Run one step (or skip it when up to date) inside its own MLflow run."""
+    """Run one step (or skip it when up to date) inside its own MLflow run. ``steps``: the pipeline in
+    order (jobs.pipeline.STEPS), which says which earlier steps wrote the tables ``step`` reads."""
     start = time.perf_counter()
     config_hash = cfg.section_hash(*step.config_sections)
     # Read once: the up-to-date check and the run's record both need the runs and the input fingerprint.
     runs = _successful_runs(spark, cfg)
-    inputs = fingerprint(spark, cfg, step, runs)
+    inputs = fingerprint(spark, cfg, step, steps, runs)
     if not force and is_up_to_date(spark, cfg, step, config_hash, runs, inputs):
         echo(f"[{step.name}] up to date (inputs and config unchanged since the last successful run); "
              "--force reruns it")
@@ -222,8 +227,9 @@ def run_guarded(action: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
-def step_command(step: Step) -> click.Command:
-    """A click command for one step: ``cleanwell <step> [--config F] [--force] [key=value …]``."""
+def step_command(step: Step, steps: Sequence[Step]) -> click.Command:
+    """A click command for one step of the pipeline ``steps``: ``cleanwell <step> [--config F] [--force]
+    [key=value …]``."""
 
     @click.command(name=step.name, help=step.help)
     @config_options
@@ -232,13 +238,14 @@ def step_command(step: Step) -> click.Command:
     def command(config_files: tuple[str, ...], overrides: tuple[str, ...], force: bool) -> None:
         def action() -> None:
             cfg = load_config(config_files, overrides)
-            execute(step, get_spark(cfg), cfg, force=force)
+            execute(step, get_spark(cfg), cfg, steps=steps, force=force)
 
         run_guarded(action)
 
     return command
 
 
-def job_main(step: Step, argv: list[str] | None = None) -> None:
-    """Entry point for ``python -m jobs.<step>`` and ``spark-submit jobs/<step>.py``."""
-    step_command(step).main(args=argv, prog_name=f"cleanwell {step.name}")
+def job_main(step: Step, argv: list[str] | None, steps: Sequence[Step]) -> None:
+    """Entry point for ``python -m jobs.<step>`` and ``spark-submit jobs/<step>.py``: the step's ``main``
+    passes the pipeline's ``steps`` (imported there, in the entry point, not here)."""
+    step_command(step, steps).main(args=argv, prog_name=f"cleanwell {step.name}")

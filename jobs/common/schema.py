@@ -6,7 +6,7 @@ gold   = silver columns of the chosen documents + mixture columns.
 """
 from __future__ import annotations
 
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, LongType, MapType, StringType, StructField, StructType, TimestampType
 
@@ -76,3 +76,9 @@ def reference_first() -> list[Column]:
     weights on human text."""
     return [F.coalesce(F.col("pre_ai_archive"), F.lit(False)).desc(), origin_rank(F.col("origin")),
             F.xxhash64("doc_id"), F.col("doc_id")]
+
+
+def reference_sample(silver: DataFrame, size: int) -> list[str]:
+    """``size`` texts of the reference distribution (pre-AI archive, then human, …), deterministic: what the
+    tokenizer (tokenize) and the embedding model (embed) are fitted on."""
+    return silver.orderBy(*reference_first()).limit(size).select("text").toPandas()["text"].tolist()

@@ -1,32 +1,28 @@
 """Tokenize (step ``tokenize``): train the sentencepiece tokenizer and count every document's tokens.
 
 The tokenizer is trained inside the pipeline on a deterministic sample of the reference distribution
-(pre-AI archive and human documents first), logged to MLflow as an artifact, and used for
-``n_tokens`` (the unit of mixture budgets) and by the detectors. The module is not called
-``tokenize`` because that would shadow the standard library's module under ``spark-submit``.
+(pre-AI archive and human documents first), logged to MLflow as an artifact
+(jobs/common/tokenizer_model.py, which detect loads it through), and used for ``n_tokens`` (the unit of
+mixture budgets) and by the detectors. The module is not called ``tokenize`` because that would shadow
+the standard library's module under ``spark-submit``, nor ``tokenizer``, the pure model in
+udfs/tokenizer.py.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
 from jobs.common import gates, tables
 from jobs.common.config import Config
-from jobs.common.runner import Step, job_main, last_run_id
-from jobs.common.schema import reference_first
+from jobs.common.runner import Step, job_main
+from jobs.common.schema import reference_sample
+from jobs.common.tokenizer_model import ARTIFACT
 from jobs.common.tracking import RunLog
 from udfs.tokenizer import Tokenizer, count_tokens, train_tokenizer
-
-ARTIFACT = "tokenizer/spm.model"
-
-
-def reference_sample(silver: DataFrame, size: int) -> list[str]:
-    """``size`` texts of the reference distribution (pre-AI archive, then human, …), deterministic."""
-    return silver.orderBy(*reference_first()).limit(size).select("text").toPandas()["text"].tolist()
 
 
 def token_count_column(text, model_bytes: bytes):
@@ -35,19 +31,6 @@ def token_count_column(text, model_bytes: bytes):
         return pd.Series(count_tokens(texts.tolist(), model_bytes))
 
     return count(text)
-
-
-def load_tokenizer(spark: SparkSession, cfg: Config) -> bytes:
-    """The tokenizer of the latest successful tokenize run, from its MLflow artifacts."""
-    import mlflow
-
-    from jobs.common.tracking import configure
-
-    configure(cfg)
-    run_id = last_run_id(spark, cfg, "tokenize")
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT)
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
@@ -75,7 +58,9 @@ STEP = Step(
 
 
 def main(argv: list[str] | None = None) -> None:
-    job_main(STEP, argv)
+    from jobs.pipeline import STEPS  # the entry point learns the pipeline order from the registry
+
+    job_main(STEP, argv, STEPS)
 
 
 if __name__ == "__main__":

@@ -1,34 +1,22 @@
-"""Typed configuration: one YAML tree, loaded once, validated at the edge.
+"""The pipeline's configuration tree: one typed section per concern, rooted at :class:`Config`.
 
-Load order: the bundled ``conf/base.yaml``, then each ``--config FILE`` in turn (deep-merged),
-then ``key=value`` overrides (dotted keys, YAML-typed values). Every model forbids unknown keys,
-so a typo fails fast with the dotted path of the bad key. Jobs receive a :class:`Config` and never
-read raw dicts. Every key is documented by its ``Field(description=...)``; ``docs/config.md`` is
-generated from these models (``cleanwell config --docs``) and a test keeps the two in sync.
+Every model forbids unknown keys (a typo fails with the dotted path of the bad key) and documents each
+key in its ``Field(description=...)``, from which ``docs/config.md`` is generated. Mixture files have
+their own models (:mod:`jobs.common.config.mixture`).
 """
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import hashlib
-import json
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from jobs.common import storage
-from jobs.common.errors import ConfigError
+from jobs.common.config.hashing import OUTPUT_LOCATION, sections_hash
 
 DOCUMENT_FIELDS = (
     "text", "url", "domain", "language", "license", "created_at", "crawled_at", "origin", "generator",
 )
 ORIGINS = ("human", "synthetic", "unknown")
-
-
-# Marks a key that says where an output goes, not what it contains: it is left out of the config hash
-# that decides whether a step is up to date.
-OUTPUT_LOCATION = {"output_location": True}
 
 
 class Model(BaseModel):
@@ -73,6 +61,8 @@ class TablesConfig(Model):
     pipeline_runs: str = Field("pipeline_runs", description="Successful step runs with input/output versions "
                                "(drives resume).")
     clusters: str = Field("silver_clusters", description="One row per embedding cluster: size and centroid.")
+    exclusions: str = Field("mixture_exclusions", description="One row per document a mixture excluded: "
+                            "mixture, run_id, reason, and the value, threshold and detail that excluded it.")
     band_index: str = Field("minhash_band_index", description="Published LSH band hashes of silver documents; "
                             "new batches are deduplicated against it incrementally.")
 
@@ -191,7 +181,7 @@ class NearDupConfig(Model):
 
 
 class TokenizerConfig(Model):
-    """The sentencepiece tokenizer trained inside the pipeline (jobs/tokenize.py); its tokens are the
+    """The sentencepiece tokenizer trained inside the pipeline (jobs/token_counts.py); its tokens are the
     `n_tokens` that mixture budgets count."""
 
     vocab_size: int = Field(8000, ge=100, description="Upper bound on the vocabulary (a small corpus yields "
@@ -218,9 +208,14 @@ class DetectConfig(Model):
     watermark_key: str = Field("cleanwell", description="Secret key of the green-list watermark "
                                "(Kirchenbauer et al., 2023) to test for.")
     watermark_gamma: float = Field(0.25, gt=0, lt=1, description="Green-list fraction of the vocabulary.")
-    watermark_z_threshold: float = Field(4.0, gt=0, description="A document of undeclared origin whose watermark "
-                                         "z-score reaches this is labelled synthetic (provenance_method "
-                                         "`watermark`); 4.0 is a one-sided p of about 3e-5.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "watermark_z_threshold" in data:
+            raise ValueError("detect.watermark_z_threshold moved to the mixture config as "
+                             "filters.watermark_z_threshold: detect writes watermark_z, the sampling job decides")
+        return data
 
 
 class QualityConfig(Model):
@@ -266,142 +261,6 @@ class SampleConfig(Model):
     manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.",
                               json_schema_extra=OUTPUT_LOCATION)
 
-
-class MixtureFilters(Model):
-    """Which silver documents a mixture may use. Every exclusion is counted under its reason."""
-
-    exclude_duplicates: bool = Field(True, description="Leave out documents marked as near duplicates "
-                                     "(`duplicate_of`) or semantic duplicates (`semantic_duplicate_of`).")
-    languages: list[str] | None = Field(None, description="Keep only these detected languages (ISO 639-1); "
-                                        "null keeps all.")
-    min_language_confidence: float = Field(0.0, ge=0, le=1, description="Minimum language-id confidence.")
-    min_words: int = Field(0, ge=0, description="Exclude documents with fewer whitespace words.")
-    min_alpha_ratio: float = Field(0.0, ge=0, le=1, description="Exclude documents whose share of alphabetic "
-                                   "non-space characters is lower.")
-    max_duplicate_line_fraction: float = Field(1.0, ge=0, le=1, description="Exclude documents with a larger "
-                                               "share of repeated lines.")
-    quality_rules: bool = Field(False, description="Apply the Gopher/C4/FineWeb rules (docs/quality.md) with "
-                                "`quality_thresholds`; each failing rule is an exclusion reason.")
-    quality_thresholds: dict[str, float | bool | None] = Field(
-        default_factory=dict, description="Overrides of the rule thresholds (names in docs/quality.md); null "
-        "turns a rule off.")
-    max_synthetic_probability: float = Field(
-        1.0, ge=0, le=1, description="A document not declared synthetic whose `synthetic_probability` reaches this "
-        "is treated as synthetic (origin decided by `detector`): it counts against the synthetic cap and "
-        "must come from a vetted source. 1.0 turns the detector decision off.")
-
-    @field_validator("quality_thresholds")
-    @classmethod
-    def _known_thresholds(cls, value: dict) -> dict:
-        from udfs.heuristics import QualityThresholds, UnknownThresholdError
-
-        try:
-            QualityThresholds.from_mapping(value)
-        except UnknownThresholdError as exc:
-            raise ValueError(str(exc)) from None
-        return value
-
-
-class SyntheticValidation(Model):
-    """Checks a vetted synthetic source must pass against the human reference set."""
-
-    k: int = Field(3, ge=1, description="Neighbourhood size of the precision/recall manifolds "
-                   "(Kynkäänniemi et al., 2019).")
-    sample: int = Field(2000, ge=10, description="Documents sampled from each side for the checks.")
-    min_precision: float = Field(0.5, ge=0, le=1, description="Share of synthetic documents that must lie in "
-                                 "the human manifold (realism).")
-    min_recall: float = Field(0.0, ge=0, le=1, description="Share of human documents the synthetic manifold "
-                              "must cover (coverage).")
-    min_distinct_ratio: float = Field(0.5, ge=0, description="distinct-2 of the synthetic set divided by that of "
-                                      "an equal-size human sample must reach this (lexical diversity).")
-    max_reference_similarity: float = Field(0.95, gt=0, le=1, description="A synthetic document whose cosine "
-                                            "similarity to any reference document reaches this is left out "
-                                            "(a near copy of human data adds nothing).")
-
-
-class RejectionSampling(Model):
-    """Best-of-n selection among synthetic documents generated for the same prompt."""
-
-    group_key: str | None = Field(None, description="Column, or `metadata.<key>`, that groups synthetic documents "
-                                  "by prompt; null turns rejection sampling off.")
-    score_column: str = Field("ngram_repetition", description="Silver column that ranks documents of a group.")
-    higher_is_better: bool = Field(False, description="Direction of `score_column`.")
-    keep_per_group: int = Field(1, ge=1, description="Best documents kept per group.")
-    bar: float | None = Field(None, description="Documents must also score at least this well (null: no bar).")
-
-
-class SyntheticConfig(Model):
-    vetted_sources: list[str] = Field(default_factory=list, description="Sources whose synthetic documents may "
-                                      "enter the mixture; synthetic documents of any other source are left out.")
-    reference_origins: list[str] = Field(default_factory=lambda: ["human"], description="Origins of the human "
-                                         "reference set the synthetic sources are validated against.")
-    validation: SyntheticValidation = SyntheticValidation()
-    rejection: RejectionSampling = RejectionSampling()
-
-
-class ExportConfig(Model):
-    format: Literal["jsonl", "parquet", "none"] = Field("jsonl", description="Shards for a trainer, or none.")
-    shards: int = Field(4, ge=1, description="Number of shard files.")
-    dir: str | None = Field(None, description="Shards go to <dir>/<mixture>/<run_id>/; unset: <lake.root>/exports, "
-                            "so the shards follow the lake.", json_schema_extra={"output_location": True})
-    columns: list[str] = Field(default_factory=lambda: ["doc_id", "text", "source", "origin", "effective_origin",
-                                                        "license", "n_tokens", "epoch"],
-                               description="Columns written to the shards.")
-
-
-class MixtureConfig(Model):
-    """A training mixture (conf/mixtures/*.yaml)."""
-
-    name: str = Field(description="Mixture name; gold rows and manifests carry it.")
-    token_budget: int = Field(gt=0, description="Tokens (`n_tokens`) the mixture should hold.")
-    budget_tolerance: float = Field(0.01, ge=0, lt=1, description="Gate: achieved tokens within this relative "
-                                    "distance of the budget.")
-    seed: int = Field(0, description="Seed of the deterministic selection order hash(doc_id, seed).")
-    group_by: Literal["source", "domain"] = Field("source", description="Column the weights refer to.")
-    weights: dict[str, float] = Field(description="Group value -> share of the budget (normalised to sum 1).")
-    weight_tolerance: float = Field(0.05, ge=0, le=1, description="Gate: each group's achieved share of the "
-                                    "mixture within this many share points of its target.")
-    max_synthetic_share: float = Field(0.10, ge=0, le=1, description="Most tokens of synthetic origin "
-                                       "(declared, watermark or detector), as a share of the budget.")
-    max_source_share: float = Field(1.0, gt=0, le=1, description="Most tokens any one source may contribute, as "
-                                    "a share of the budget.")
-    max_epochs: int = Field(1, ge=1, description="How often a document may repeat (per source default).")
-    source_max_epochs: dict[str, int] = Field(default_factory=dict, description="Source -> epochs, overriding "
-                                              "`max_epochs` (e.g. up-sample a small archive).")
-    cluster_temperature: float = Field(0.5, ge=0, description="Spread of each group's budget over embedding "
-                                       "clusters: share proportional to cluster tokens ** temperature "
-                                       "(0: uniform, UniMax-style; 1: natural sizes).")
-    filters: MixtureFilters = MixtureFilters()
-    synthetic: SyntheticConfig = SyntheticConfig()
-    export: ExportConfig = ExportConfig()
-
-    @field_validator("weights")
-    @classmethod
-    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = {k: v for k, v in value.items() if v < 0}
-        if bad or not value or sum(value.values()) <= 0:
-            raise ValueError(f"weights must be non-negative with a positive sum, got {value}")
-        return value
-
-    @field_validator("source_max_epochs")
-    @classmethod
-    def _epochs(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = {k: v for k, v in value.items() if v < 1}
-        if bad:
-            raise ValueError(f"epochs must be >= 1, got {bad}")
-        return value
-
-    def epochs(self, source: str) -> int:
-        return self.source_max_epochs.get(source, self.max_epochs)
-
-
-def load_mixture(path: str) -> MixtureConfig:
-    try:
-        return MixtureConfig.model_validate(_read_yaml(path))
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, f"mixture {path}")) from None
-
-
 class GatesConfig(Model):
     suites_dir: str = Field("conf/expectations", description="Folder of expectation suites, one YAML per table.")
     enabled: bool = Field(True, description="Run the gates. Off is for debugging only: publishes are unchecked.")
@@ -436,131 +295,4 @@ class Config(Model):
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections; a step reruns when the hash of its sections changes."""
-        return _hash({name: _without_locations(self._section(name)) for name in sorted(sections)})
-
-    def _section(self, name: str) -> BaseModel:
-        return getattr(self, name)
-
-
-def config_hash(model: BaseModel) -> str:
-    """Stable hash of a config model (output locations left out)."""
-    return _hash(_without_locations(model))
-
-
-def _hash(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _without_locations(model: BaseModel) -> dict[str, Any]:
-    dumped = model.model_dump(mode="json")
-    for name, field in type(model).model_fields.items():
-        if (field.json_schema_extra or {}).get("output_location"):
-            dumped.pop(name)
-        elif isinstance(getattr(model, name), BaseModel):
-            dumped[name] = _without_locations(getattr(model, name))
-    return dumped
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def _read_yaml(path: str, text: str | None = None) -> dict:
-    """A YAML mapping from any path the storage layer reads (local, URI, or bundled ``conf/...``)."""
-    try:
-        data = yaml.safe_load(storage.read_text(path) if text is None else text) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, ImportError, ValueError) as exc:  # no fsspec driver for the scheme, no access, ...
-        raise ConfigError(f"cannot read config file {path}: {type(exc).__name__}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
-    return data
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (['a','b','c'], value parsed as YAML, so numbers and booleans keep their type)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. ingest.max_text_bytes=500000)")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
-def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
-    if keys[:2] == ["spark", "conf"] and len(keys) > 3:  # Spark property names contain dots themselves
-        keys = keys[:2] + [".".join(keys[2:])]
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(keys)}: {key} is not a section")
-    node[keys[-1]] = value
-
-
-def _format_validation_error(exc: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        lines.append(f"  conf key `{key}`: {err['msg']}" + (f" (got {err['input']!r})"
-                                                           if err["type"] != "extra_forbidden" else ""))
-    return "\n".join(lines)
-
-
-def load_config(config_files: list[str] | tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """base.yaml, then each config file, then key=value overrides -> validated :class:`Config`."""
-    # Always the installed package's defaults, never a conf/base.yaml that happens to be in the cwd.
-    tree = _read_yaml("base.yaml (bundled)", storage.bundled_conf("base.yaml").read_text(encoding="utf-8"))
-    for file in config_files:
-        tree = _deep_merge(tree, _read_yaml(file))
-    for item in overrides:
-        keys, value = parse_override(item)
-        _set_dotted(tree, keys, value)
-    origin = "base.yaml" + "".join(f" + {f}" for f in config_files) + (" + overrides" if overrides else "")
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, origin)) from None
-
-
-def _docs_rows(model: type[BaseModel], prefix: str, out: list[str], title: str | None = None) -> None:
-    rows, nested = [], []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            nested.append((name, ann))
-            continue
-        if field.is_required():
-            default = "required"
-        else:
-            value = field.get_default(call_default_factory=True)
-            default = json.dumps(value.isoformat() if isinstance(value, dt.date) else value, default=str)
-        rows.append(f"| `{prefix}{name}` | `{default}` | {field.description or ''} |")
-    if rows:
-        out.extend([f"## {title or '`' + (prefix.rstrip('.') or 'top level') + '`'}", "",
-                    "| key | default | meaning |", "|---|---|---|", *rows, ""])
-    for name, sub in nested:
-        _docs_rows(sub, f"{prefix}{name}.", out)
-
-
-def config_docs() -> str:
-    """Markdown reference of every config key, generated from the models' field descriptions."""
-    out = ["# Configuration keys", "",
-           "Generated by `cleanwell config --docs` from `jobs/common/config.py`; do not edit by hand.",
-           "Set keys in a YAML file passed with `--config FILE`, or on the command line as `key=value`.", ""]
-    _docs_rows(Config, "", out)
-    _docs_rows(SourceConfig, "", out, title="`ingest.sources[]` (each source)")
-    out.extend(["# Mixture files (`conf/mixtures/*.yaml`, chosen by `sample.mixture`)", ""])
-    _docs_rows(MixtureConfig, "", out, title="mixture")
-    return "\n".join(out)
+        return sections_hash(self, sections)

@@ -1,0 +1,105 @@
+"""The detector's MLflow model (jobs/common/detector_model.py): save and load, and versions it cannot load."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from jobs.common.detector_model import (
+    SPARK_RESULT_TYPE,
+    UnloadableDetectorError,
+    load_detector_bundle,
+    save_detector_model,
+)
+from jobs.common.errors import CleanwellError
+from jobs.common.tracking import configure
+from jobs.detect import TRAINING_HASHES, LabelledData, compare_with_champion
+from udfs.classifier import SCORE_COLUMNS, DetectorBundle, DetectorTrainingError, train_detector
+from udfs.detectors import prepare_texts
+from udfs.tokenizer import train_tokenizer
+
+M4 = Path(__file__).resolve().parents[1] / "data" / "m4"
+MOVED_MODULE = "cleanwell_moved_wrapper"
+
+
+def _domain(name: str, n: int) -> tuple[list[str], list[str]]:
+    with open(M4 / f"{name}_llama2.jsonl", encoding="utf-8") as lines:
+        rows = [json.loads(line) for line in lines][:n]
+    return [r["human_text"] for r in rows], [r["machine_text"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def bundle() -> DetectorBundle:
+    human, machine = _domain("wikipedia", 40)
+    tokenizer_bytes = train_tokenizer(prepare_texts(human + machine), vocab_size=1000)
+    return train_detector(human + machine, [0] * len(human) + [1] * len(machine), tokenizer_bytes)
+
+
+@contextlib.contextmanager
+def old_wrapper_arguments(bundle: DetectorBundle, code: Path, monkeypatch: pytest.MonkeyPatch):
+    """pyfunc arguments that pickle the wrapper by an import path which stops resolving when the block
+    ends, as models registered by cleanwell 0.1.0 refer to ``udfs.classifier.SyntheticTextDetectorModel``."""
+    from jobs.common.detector_model import _pyfunc_arguments
+
+    code.mkdir()
+    module = code / f"{MOVED_MODULE}.py"
+    module.write_text("from jobs.common.detector_model import SyntheticTextDetectorModel\n\n\n"
+                      "class OldWrapper(SyntheticTextDetectorModel):\n    pass\n")
+    monkeypatch.syspath_prepend(str(code))
+    wrapper = importlib.import_module(MOVED_MODULE).OldWrapper()
+    yield {**_pyfunc_arguments(bundle, str(code), None, include_code=False), "python_model": wrapper}
+    module.write_text("# the wrapper moved elsewhere\n")
+    monkeypatch.delitem(sys.modules, MOVED_MODULE)
+    importlib.invalidate_caches()
+
+
+def test_saved_model_loads_back_and_scores_like_its_bundle(bundle: DetectorBundle, tmp_path: Path) -> None:
+    save_detector_model(bundle, tmp_path / "detector")
+    loaded = mlflow.pyfunc.load_model(str(tmp_path / "detector"))
+    human, machine = _domain("wikihow", 3)
+    frame = pd.DataFrame({"text": human + machine}, index=[10, 11, 12, 13, 14, 15])
+    expected = bundle.score(frame["text"].tolist())
+    expected.index = frame.index
+    pd.testing.assert_frame_equal(loaded.predict(frame), expected)
+    pd.testing.assert_frame_equal(load_detector_bundle(str(tmp_path / "detector")).score(human), bundle.score(human))
+    assert SPARK_RESULT_TYPE == ", ".join(f"{column} double" for column in SCORE_COLUMNS)
+    with pytest.raises(KeyError, match="column `text` missing"):
+        loaded.unwrap_python_model().predict(None, pd.DataFrame({"body": ["x"]}))
+
+
+def test_a_model_whose_wrapper_class_moved_fails_with_a_message_that_says_what_to_do(
+        bundle: DetectorBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with old_wrapper_arguments(bundle, tmp_path / "code", monkeypatch) as arguments:
+        mlflow.pyfunc.save_model(path=str(tmp_path / "old"), **arguments)
+    with pytest.raises(UnloadableDetectorError, match="OldWrapper.*train and register a new version"):
+        load_detector_bundle(str(tmp_path / "old"))
+    assert issubclass(UnloadableDetectorError, DetectorTrainingError)  # what the champion comparison catches
+    assert issubclass(UnloadableDetectorError, CleanwellError)  # the CLI prints it without a traceback
+
+
+def test_a_champion_registered_with_the_old_wrapper_is_replaced(
+        bundle: DetectorBundle, make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = make_config()
+    configure(cfg)
+    with old_wrapper_arguments(bundle, tmp_path / "code", monkeypatch) as arguments, mlflow.start_run():
+        info = mlflow.pyfunc.log_model(name="synthetic_text_detector",
+                                       registered_model_name=cfg.detect.registered_model, **arguments)
+        mlflow.log_dict({"content_hashes": []}, TRAINING_HASHES)
+    version = info.registered_model_version
+    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias, version)
+    human, machine = _domain("wikihow", 8)
+    data = LabelledData(texts=[], labels=[], held_back_human=human, held_back_machine=machine)
+
+    comparison = compare_with_champion(cfg, bundle, data)
+
+    assert comparison["champion_version"] == int(version)
+    assert comparison["moves"] is True
+    assert comparison["champion"] is None
+    assert f"version {version} cannot be loaded" in comparison["reason"]
+    assert "train and register a new version" in comparison["reason"]
