@@ -2,15 +2,27 @@
 
 Adds to silver: ``embedding`` (array<float>), ``cluster_id`` and ``semantic_duplicate_of`` (the
 kept document of a group whose pairwise cosine is at or above ``clusters.semdedup_threshold``
-within a cluster; Abbas et al., 2023). Writes one row per cluster (size, centroid) to the clusters
-table, and logs diversity metrics of the silver version to MLflow: normalised cluster entropy,
-distinct-n, share of the top source and a Vendi-score estimate.
+within a cluster; Abbas et al., 2023). Writes one row per cluster (size, centroid, the silver version
+and the hash of the settings the clusters came from) to the clusters table, and logs diversity metrics
+of the silver version to MLflow: normalised cluster entropy, distinct-n, share of the top source and a
+Vendi-score estimate.
 
 Documents already marked as near duplicates (``duplicate_of``) are embedded and clustered but take
 no part in semantic dedup: they are out of the mixture either way.
+
+SemDeDup applies its threshold here, not in sample: a semantic-duplicate group is a connected component
+of the pairs at or above it and keeps one document of the whole group, so the mark is not a
+per-document score that sample could cut later (docs/quality.md). Changing only that threshold (or the
+diversity samples) does not embed or cluster again: when silver is still the version this step last
+published and the embedding and KMeans settings are those recorded in the clusters table, its
+``embedding`` and ``cluster_id`` columns and the clusters table are reused and only SemDeDup runs.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -102,8 +114,62 @@ def with_embeddings(silver: DataFrame, cfg: Config, model_bytes: bytes | None) -
     return silver.withColumn("embedding", embedding_column(F.col("text"), model_bytes, cfg.embeddings.model_path))
 
 
+def embedding_settings_hash(cfg: Config) -> str:
+    """Hash of the settings ``embedding`` and ``cluster_id`` depend on: the embeddings section and KMeans's
+    k, iterations and seed; not SemDeDup's threshold nor the diversity samples."""
+    c = cfg.clusters
+    settings = {"embeddings": cfg.embeddings.model_dump(mode="json"), "k": c.k, "max_iter": c.max_iter, "seed": c.seed}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def embed_and_cluster(silver: DataFrame, cfg: Config, log: RunLog,
+                      hold: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame]:
+    """Fit the embedding model, embed every document of the cached ``silver`` and fit KMeans: (documents
+    with ``embedding`` and ``cluster_id``, one row per cluster)."""
+    model_bytes = fit_embedding_model(silver, cfg)
+    if model_bytes:
+        log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
+    embedded = hold(with_embeddings(silver, cfg, model_bytes))
+    clustered, clusters = add_clusters(embedded, cfg)
+    silver.unpersist()  # KMeans has read every row: embedded holds them
+    return clustered, clusters.withColumn("embedding_settings_hash", F.lit(embedding_settings_hash(cfg)))
+
+
+@dataclass(frozen=True)
+class Reusable:
+    """What a run with only SemDeDup's threshold changed reuses: ``clustered``, silver as this step last
+    published it (``embedding`` and ``cluster_id`` included, ``semantic_duplicate_of`` dropped), and
+    ``clusters``, the clusters table without its ``silver_version``."""
+
+    clustered: DataFrame
+    clusters: DataFrame
+
+
+def reusable_clusters(spark: SparkSession, cfg: Config) -> tuple[Reusable | None, str]:
+    """Silver's embeddings and cluster ids and the clusters table, when a fresh fit would give them again:
+    silver is still the version this step published with them (no document, text, provenance or
+    near-duplicate mark changed since) and the settings they depend on are unchanged; else None. And why."""
+    clusters_ref, silver_ref = tables.table_ref(cfg, "clusters"), tables.table_ref(cfg, "silver")
+    if not tables.exists(spark, clusters_ref):
+        return None, "no clusters yet"
+    clusters = tables.read_table(spark, clusters_ref)
+    if "embedding_settings_hash" not in clusters.columns:
+        return None, "the clusters table does not record its embedding settings"
+    recorded = [tuple(r) for r in clusters.select("silver_version", "embedding_settings_hash").distinct().collect()]
+    silver_version, settings_hash = tables.current_version(spark, silver_ref), embedding_settings_hash(cfg)
+    if [hash_ for _, hash_ in recorded] != [settings_hash]:
+        return None, f"embedding or clustering settings changed (clusters {recorded}, now {settings_hash})"
+    if [version for version, _ in recorded] != [silver_version]:
+        return None, f"silver changed since the clusters were made (clusters {recorded}, silver {silver_version})"
+    published = tables.read_table(spark, silver_ref, silver_version)
+    return (Reusable(published.drop("semantic_duplicate_of"), clusters.drop("silver_version")),
+            f"silver version {silver_version} and embedding settings unchanged: embeddings and clusters reused")
+
+
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
-    ref = tables.table_ref(cfg, "silver")
+    reusable, why = reusable_clusters(spark, cfg)
+    mode = "full" if reusable is None else "reuse"
+    log.tags({"embed.mode": mode, "embed.mode_reason": why})
     # Each table version is read once: silver into a cache that the fit sample and the embeddings share;
     # the published version not at all, since the cached `marked` holds its rows. A cache is released once
     # the next holds its rows, so no more than two copies of silver are held at a time.
@@ -114,20 +180,19 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
         return frame
 
     try:
-        silver = tables.read_table(spark, ref)
-        silver = hold(silver.drop(*[c for c in PRODUCED if c in silver.columns]))
-        model_bytes = fit_embedding_model(silver, cfg)
-        if model_bytes:
-            log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
-        embedded = hold(with_embeddings(silver, cfg, model_bytes))
-        clustered, clusters = add_clusters(embedded, cfg)
-        silver.unpersist()  # KMeans has read every row: embedded holds them
+        if reusable is None:
+            silver = tables.read_table(spark, tables.table_ref(cfg, "silver"))
+            silver = hold(silver.drop(*[c for c in PRODUCED if c in silver.columns]))
+            clustered, clusters = embed_and_cluster(silver, cfg, log, hold)
+        else:
+            clustered, clusters = hold(reusable.clustered), reusable.clusters
         marked = hold(add_semantic_duplicates(clustered, cfg.clusters.semdedup_threshold))
         silver_version = gates.publish(cfg, marked, "silver", "silver_embed", log,
                                        lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
         gates.publish(cfg, clusters.withColumn("silver_version", F.lit(silver_version)), "clusters", "clusters",
                       log, lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
-        embedded.unpersist()
+        for frame in held[:-1]:
+            frame.unpersist()  # marked holds every row now
         semantic = marked.where(F.col("semantic_duplicate_of").isNotNull()).count()
         metrics = diversity_metrics(marked, cfg)
     finally:
@@ -141,7 +206,7 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
                    reverse=True)
     return {"clusters": len(sizes), "largest_cluster": sizes[0] if sizes else 0,
             "marked": {"semantic_duplicate": semantic},
-            "diversity": {k: round(v, 3) for k, v in metrics.items()}}
+            "diversity": {k: round(v, 3) for k, v in metrics.items()}, "mode": mode}
 
 
 STEP = Step(

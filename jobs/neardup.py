@@ -25,9 +25,17 @@ are new x new and new x indexed (a join on band and hash); new verified pairs me
 each as one node, with the new documents; representatives are chosen again over the merged clusters
 (provenance in silver may have changed). The result equals a full run on the union, except inside a
 bucket that grew past ``max_bucket_size`` between runs, where the incremental result keeps the pairs it
-verified while the bucket was small. A full rebuild happens instead when there is no index, when its
-settings hash differs (results from different settings are not comparable), or when an indexed document
-is no longer in silver.
+verified while the bucket was small. A full rebuild happens instead when there is no index, when the
+settings its band hashes depend on differ (results from different settings are not comparable), or when
+an indexed document is no longer in silver. When only the verification settings changed (``threshold``,
+``verification``), the run re-verifies: the index's band hashes stand in for the signatures of indexed
+documents, only new documents are signed, and every candidate pair is verified again and clustered from
+scratch, which gives what a full run gives.
+
+The step applies its threshold itself rather than leaving it to sample: a cluster is a connected component
+of the pairs at or above it, and the kept representative is chosen over the whole cluster, so the marks
+are not a per-document score that a later threshold could cut (docs/dedup.md, "Why this step applies its
+threshold").
 """
 from __future__ import annotations
 
@@ -48,6 +56,7 @@ from jobs.common.schema import survivor_order
 from jobs.common.tracking import RunLog
 from udfs.neardup import (
     PROPERTY_PREFIX,
+    VERIFICATION_SETTINGS,
     LshSettings,
     band_hash_batches,
     bucket_pair_batches,
@@ -197,18 +206,25 @@ class NearDuplicates:
     seconds: dict[str, float]
 
 
-def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFrame | None = None) -> NearDuplicates:
+def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFrame | None = None,
+                         reverify: bool = False) -> NearDuplicates:
     """Near-duplicate clusters of the ``(doc_id, text)`` rows of ``texts``: of all of them (``index`` None),
-    or incrementally, signing only the documents the band ``index`` lacks and merging with its clusters.
-    Each stage's result is materialised once (``localCheckpoint``): later stages read it more than once."""
+    or signing only the documents the band ``index`` lacks, then either incrementally (merging with the
+    index's clusters) or, with ``reverify``, verifying every candidate pair of index and new documents
+    again (the index's band hashes serve as the indexed documents' signatures; its clusters, found at
+    another threshold, are ignored). Each stage's result is materialised once (``localCheckpoint``): later
+    stages read it more than once."""
+    indexed_keys = previous = None
     if index is None:
-        new_texts, indexed_keys, previous = texts, None, None
+        new_texts, documents_banded = texts, None
     else:
         indexed_docs = index.where(F.col("band") == 0).select("doc_id", "near_duplicate_cluster_id")
         new_ids = texts.select("doc_id").join(indexed_docs, "doc_id", "left_anti")
         new_texts = texts.join(_broadcast_if_few(new_ids, new_ids.count()), "doc_id", "left_semi")
         indexed_keys = index.where(F.col("hash").isNotNull()).select("doc_id", "band", "hash")
-        previous = indexed_docs.where(F.col("near_duplicate_cluster_id").isNotNull())
+        documents_banded = indexed_docs.count() if reverify else None
+        if not reverify:
+            previous = indexed_docs.where(F.col("near_duplicate_cluster_id").isNotNull())
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -220,7 +236,10 @@ def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFra
     signed = document_band_hashes(new_texts, settings).localCheckpoint()
     lap("signatures")
     new_keys = explode_bands(signed).where(F.col("hash").isNotNull())
-    partitions = max(1, -(-signed.count() * settings.bands // _BUCKET_ROWS_PER_PARTITION))
+    documents = signed.count()
+    if documents_banded is not None:  # reverify: every indexed document pairs like a new one
+        new_keys, indexed_keys, documents = new_keys.unionByName(indexed_keys), None, documents + documents_banded
+    partitions = max(1, -(-documents * settings.bands // _BUCKET_ROWS_PER_PARTITION))
     candidates = candidate_pairs(new_keys, indexed_keys, settings.max_bucket_size, partitions).localCheckpoint()
     lap("candidates")
     edges = verify_pairs(candidates, texts, settings).localCheckpoint()
@@ -231,13 +250,18 @@ def find_near_duplicates(texts: DataFrame, settings: LshSettings, index: DataFra
     return NearDuplicates(signed, candidates, edges, clusters, rounds, seconds)
 
 
-def index_updates(found: NearDuplicates, settings: LshSettings, index: DataFrame | None) -> DataFrame:
+def index_updates(found: NearDuplicates, settings: LshSettings, index: DataFrame | None,
+                  reverify: bool = False) -> DataFrame:
     """Band-index rows to write: every band of every newly signed document, plus (incremental) the rows
-    of indexed documents whose cluster id changed."""
-    new_rows = (explode_bands(found.signed).join(found.clusters, "doc_id", "left")
-                .withColumn("settings_hash", F.lit(settings.settings_hash)))
+    of indexed documents whose cluster id changed, or (``reverify``) every indexed row with its new
+    cluster id: the whole index."""
+    banded = explode_bands(found.signed)
+    if index is not None and reverify:
+        banded = banded.unionByName(index.select("doc_id", "band", "hash"))
+    new_rows = (banded.join(found.clusters, "doc_id", "left")
+                .withColumn("settings_hash", F.lit(settings.index_settings_hash)))
     columns = ["doc_id", "band", "hash", "settings_hash", "near_duplicate_cluster_id"]
-    if index is None:
+    if index is None or reverify:
         return new_rows.select(*columns)
     recorded = index.where(F.col("band") == 0).select("doc_id", F.col("near_duplicate_cluster_id").alias("old"))
     changed = (found.clusters.join(recorded, "doc_id")
@@ -246,20 +270,37 @@ def index_updates(found: NearDuplicates, settings: LshSettings, index: DataFrame
         index.drop("near_duplicate_cluster_id").join(changed, "doc_id").select(*columns))
 
 
-def previous_index(spark: SparkSession, cfg: Config, settings: LshSettings,
-                   silver: DataFrame) -> tuple[DataFrame | None, str]:
-    """The band index to extend, or None and why the run rebuilds it fully."""
+@dataclass(frozen=True)
+class IndexUse:
+    """How a run uses the published band index: ``mode`` ``full`` (``index`` None: rebuild it),
+    ``incremental`` (extend it and its clusters) or ``reverify`` (reuse its band hashes, verify every
+    candidate pair again); ``reason`` says why."""
+
+    index: DataFrame | None
+    mode: str
+    reason: str
+
+
+def previous_index(spark: SparkSession, cfg: Config, settings: LshSettings, silver: DataFrame) -> IndexUse:
+    """The band index to extend or re-verify, or None and why the run rebuilds it fully."""
     ref = tables.table_ref(cfg, "band_index")
     if not tables.exists(spark, ref):
-        return None, "no band index yet"
-    recorded = tables.properties(spark, ref).get(f"{PROPERTY_PREFIX}settings_hash")
-    if recorded != settings.settings_hash:
-        return None, f"settings changed (index {recorded}, now {settings.settings_hash})"
+        return IndexUse(None, "full", "no band index yet")
+    recorded = tables.properties(spark, ref)
+    banded_with = recorded.get(f"{PROPERTY_PREFIX}index_settings_hash")
+    if banded_with != settings.index_settings_hash:
+        return IndexUse(None, "full",
+                        f"band settings changed (index {banded_with}, now {settings.index_settings_hash})")
     index = tables.read_table(spark, ref)
     gone = index.where(F.col("band") == 0).join(silver, "doc_id", "left_anti")
     if gone.limit(1).count():
-        return None, "indexed documents are no longer in silver"
-    return index, "extending the band index"
+        return IndexUse(None, "full", "indexed documents are no longer in silver")
+    if recorded.get(f"{PROPERTY_PREFIX}settings_hash") == settings.settings_hash:
+        return IndexUse(index, "incremental", "extending the band index")
+    was = {key: recorded.get(f"{PROPERTY_PREFIX}{key}") for key in VERIFICATION_SETTINGS}
+    now = {key: str(getattr(settings, key)) for key in VERIFICATION_SETTINGS}
+    return IndexUse(index, "reverify", f"verification settings changed ({was} -> {now}): band hashes reused, "
+                                       "every candidate pair verified again")
 
 
 def read_silver(spark: SparkSession, cfg: Config) -> DataFrame:
@@ -277,11 +318,12 @@ def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict
         df, ref, run_id=log.run_id, properties=properties))
 
 
-def write_band_index(cfg: Config, log: RunLog, found: NearDuplicates, settings: LshSettings,
-                     index: DataFrame | None) -> None:
-    """A rebuilt index replaces the table; an extended one is merged in by (doc_id, band)."""
-    ref, updates = tables.table_ref(cfg, "band_index"), index_updates(found, settings, index)
-    if index is None:
+def write_band_index(cfg: Config, log: RunLog, found: NearDuplicates, settings: LshSettings, used: IndexUse) -> None:
+    """A rebuilt or re-verified index replaces the table (with the settings as properties); an extended
+    one is merged in by (doc_id, band)."""
+    index, reverify = used.index, used.mode == "reverify"
+    ref, updates = tables.table_ref(cfg, "band_index"), index_updates(found, settings, index, reverify)
+    if index is None or reverify:
         tables.overwrite(updates, ref, run_id=log.run_id, properties=settings.table_properties())
     else:
         tables.merge_upsert(updates, ref, ["doc_id", "band"], run_id=log.run_id)
@@ -310,13 +352,13 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
         return {"mode": "disabled"}
 
     documents = silver.select("doc_id", "text")
-    index, why = previous_index(spark, cfg, settings, documents)
-    mode = "full" if index is None else "incremental"
-    log.tags({"neardup.mode": mode, "neardup.mode_reason": why})
-    found = find_near_duplicates(documents, settings, index)
+    used = previous_index(spark, cfg, settings, documents)
+    mode = used.mode
+    log.tags({"neardup.mode": mode, "neardup.mode_reason": used.reason})
+    found = find_near_duplicates(documents, settings, used.index, reverify=mode == "reverify")
     publish_silver(cfg, log, with_marks(silver, choose_representatives(silver, found.clusters)),
                    {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"})
-    write_band_index(cfg, log, found, settings, index)
+    write_band_index(cfg, log, found, settings, used)
 
     metrics = detection_metrics(tables.read_table(spark, tables.table_ref(cfg, "silver")), found)
     for name, value in metrics.items():

@@ -136,6 +136,8 @@ def local_run_conf(tmp_path: Path, **changes: str) -> dict:
     return {**conf, **changes}
 
 
+# slow: two dag.test() runs (~45 s); test_dagbag_loads_with_the_step_dependencies covers the DAG's shape.
+@pytest.mark.slow
 def test_exit_code_2_fails_at_once_and_other_failures_retry(airflow_home, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.jsonl").write_text('{"text": "one small document"}\n')

@@ -85,6 +85,9 @@ def test_a_missing_schema_is_reported_not_created(spark, tmp_path):
     assert not spark.catalog.databaseExists(f"{CATALOG}.{schema}")
 
 
+# slow: four steps on catalog tables (~60 s); resume is covered fast by test_pipeline's rerun test and
+# naming by the other tests here.
+@pytest.mark.slow
 @pytest.mark.spark
 def test_steps_write_catalog_tables_by_name_and_resume(spark, local_schema, tmp_path):
     cfg = catalog_config(tmp_path, local_schema)

@@ -88,6 +88,8 @@ def test_notebooks_call_jobs_instead_of_copying_them():
         assert "unity_catalog_overrides" in called, path.name
 
 
+# slow: a spark-submit JVM of its own (~27 s); test_cluster's packaged run submits on a cluster too.
+@pytest.mark.slow
 @pytest.mark.spark
 def test_spark_submit_runs_a_job(tmp_path):
     """spark-submit with the cluster's own settings (here: local[2] + Delta passed as --conf/--jars)."""

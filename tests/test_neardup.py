@@ -217,13 +217,27 @@ def test_representative_follows_provenance_then_quality_whatever_the_input_order
 INDEX_COLUMNS = ("doc_id", "band", "hash", "settings_hash", "near_duplicate_cluster_id")
 
 
+def two_batch_rows():
+    """240 silver rows with planted near duplicates (every seventh declared synthetic): batch A is the
+    first 150."""
+    generated = near_duplicate_corpus(240, seed=9)
+    ids = [f"inc-{i:04d}" for i in range(len(generated.texts))]
+    return ids, silver_rows(ids, generated.texts, **{doc_id: {"origin": "synthetic"} for doc_id in ids[::7]})
+
+
+def marks_and_index_at_once(silver, settings):
+    """Silver's marks and the band index rows of one full run of the job's functions on ``silver``."""
+    at_once = neardup.find_near_duplicates(silver.select("doc_id", "text"), settings)
+    marked = neardup.with_marks(silver, neardup.choose_representatives(silver, at_once.clusters))
+    return (sorted(tuple(r) for r in marked.select(*MARK_COLUMNS).collect()),
+            sorted(tuple(r) for r in neardup.index_updates(at_once, settings, None).select(*INDEX_COLUMNS).collect()))
+
+
 @pytest.fixture(scope="module")
 def incremental(spark, tmp_path_factory):
     """A corpus deduplicated by the step in two batches (A, then A and B with B incremental), and the
     same union deduplicated at once by the job's functions."""
-    generated = near_duplicate_corpus(240, seed=9)
-    ids = [f"inc-{i:04d}" for i in range(len(generated.texts))]
-    rows = silver_rows(ids, generated.texts, **{doc_id: {"origin": "synthetic"} for doc_id in ids[::7]})
+    ids, rows = two_batch_rows()
     cfg = load_config([], lake_overrides(tmp_path_factory.mktemp("incremental")))
     silver_ref = tables.table_ref(cfg, "silver")
     # Silver as the dedup and quality steps leave it: rebuilt, without near-duplicate columns.
@@ -232,13 +246,9 @@ def incremental(spark, tmp_path_factory):
     tables.overwrite(spark.createDataFrame(rows, SILVER_SCHEMA), silver_ref)
     second = execute(neardup.STEP, spark, cfg, steps=STEPS)
 
-    union = spark.createDataFrame(rows, SILVER_SCHEMA)
-    at_once = neardup.find_near_duplicates(union.select("doc_id", "text"), SETTINGS)
-    marked = neardup.with_marks(union, neardup.choose_representatives(union, at_once.clusters))
+    at_once_marks, at_once_index = marks_and_index_at_once(spark.createDataFrame(rows, SILVER_SCHEMA), SETTINGS)
     return {"cfg": cfg, "first": first, "second": second, "ids": ids, "batch_a": {r[0] for r in rows[:150]},
-            "at_once_marks": sorted(tuple(r) for r in marked.select(*MARK_COLUMNS).collect()),
-            "at_once_index": sorted(tuple(r) for r in neardup.index_updates(at_once, SETTINGS, None)
-                                    .select(*INDEX_COLUMNS).collect())}
+            "at_once_marks": at_once_marks, "at_once_index": at_once_index}
 
 
 MARK_COLUMNS = ("doc_id", *neardup.NEAR_DUPLICATE_COLUMNS)
@@ -264,12 +274,14 @@ def test_settings_are_recorded_in_table_properties_and_mlflow(spark, incremental
     cfg, outcome = incremental["cfg"], incremental["second"]
     expected = {"shingle": "word", "ngram": "5", "num_perm": "128", "bands": "16", "rows": "8", "seed": "1",
                 "scheme": "affine32", "signature_bits": "32", "threshold": "0.8", "candidate_threshold": "0.65",
-                "verification": "exact", "max_bucket_size": "1000", "settings_hash": SETTINGS.settings_hash}
+                "verification": "exact", "max_bucket_size": "1000", "settings_hash": SETTINGS.settings_hash,
+                "index_settings_hash": SETTINGS.index_settings_hash}
     for name in ("silver", "band_index"):
         recorded = tables.properties(spark, tables.table_ref(cfg, name))
         assert {k: recorded[f"cleanwell.neardup.{k}"] for k in expected} == expected
     index = tables.read_table(spark, tables.table_ref(cfg, "band_index"))
-    assert [r[0] for r in index.select("settings_hash").distinct().collect()] == [SETTINGS.settings_hash]
+    # A row holds band hashes: it names the settings they depend on, not the verification threshold.
+    assert [r[0] for r in index.select("settings_hash").distinct().collect()] == [SETTINGS.index_settings_hash]
 
     mlflow.set_tracking_uri(cfg.tracking.uri)
     run = mlflow.MlflowClient().get_run(outcome.run_id)
@@ -280,16 +292,65 @@ def test_settings_are_recorded_in_table_properties_and_mlflow(spark, incremental
     assert metrics["duplicate_share"] == pytest.approx(metrics["duplicates_marked"] / 240)
 
 
-def test_changed_settings_rebuild_the_index_fully(spark, incremental):
+def test_changed_band_settings_rebuild_the_index_and_a_changed_threshold_reverifies_it(spark, incremental):
     cfg = incremental["cfg"]
     silver = tables.read_table(spark, tables.table_ref(cfg, "silver")).select("doc_id")
+
+    def settings(*overrides):
+        return neardup.LshSettings.from_config(load_config(overrides=list(overrides)).neardup)
+
     same = neardup.previous_index(spark, cfg, SETTINGS, silver)
-    other = neardup.LshSettings.from_config(load_config(overrides=["neardup.num_perm=64"]).neardup)
-    changed = neardup.previous_index(spark, cfg, other, silver)
+    changed = neardup.previous_index(spark, cfg, settings("neardup.num_perm=64"), silver)
+    lower = neardup.previous_index(spark, cfg, settings("neardup.threshold=0.7"), silver)
+    estimated = neardup.previous_index(spark, cfg, settings("neardup.verification=signature"), silver)
     gone = neardup.previous_index(spark, cfg, SETTINGS, silver.where(F.col("doc_id") != incremental["ids"][0]))
-    assert same[0] is not None
-    assert changed[0] is None and "settings changed" in changed[1]
-    assert gone[0] is None and "no longer in silver" in gone[1]
+    assert same.mode == "incremental" and same.index is not None
+    assert (changed.mode, changed.index) == ("full", None) and "band settings changed" in changed.reason
+    assert lower.mode == estimated.mode == "reverify" and lower.index is not None and "0.7" in lower.reason
+    assert (gone.mode, gone.index) == ("full", None) and "no longer in silver" in gone.reason
+
+
+@pytest.fixture(scope="module")
+def threshold_changes(spark, tmp_path_factory):
+    """The step run three times on one lake: batch A at threshold 0.8; A and B at 0.7 (new documents and a
+    new threshold at once); A and B back at 0.8 (the threshold only). Silver's marks after each run, and
+    the union deduplicated at once by the job's functions at each threshold."""
+    ids, rows = two_batch_rows()
+    root = tmp_path_factory.mktemp("threshold")
+    at_08 = load_config([], lake_overrides(root))
+    at_07 = load_config([], lake_overrides(root) + ["neardup.threshold=0.7"])
+    silver_ref = tables.table_ref(at_08, "silver")
+
+    def marks():
+        return sorted(tuple(r) for r in tables.read_table(spark, silver_ref).select(*MARK_COLUMNS).collect())
+
+    tables.overwrite(spark.createDataFrame(rows[:150], SILVER_SCHEMA), silver_ref)
+    outcomes = [execute(neardup.STEP, spark, at_08, steps=STEPS)]
+    tables.overwrite(spark.createDataFrame(rows, SILVER_SCHEMA), silver_ref)
+    outcomes.append(execute(neardup.STEP, spark, at_07, steps=STEPS))
+    marks_07 = marks()
+    outcomes.append(execute(neardup.STEP, spark, at_08, steps=STEPS))
+    union = spark.createDataFrame(rows, SILVER_SCHEMA)
+    lower = neardup.LshSettings.from_config(at_07.neardup)
+    return {"cfg": at_08, "outcomes": outcomes, "marks_07": marks_07, "marks_08": marks(),
+            "index_08": sorted(tuple(r) for r in tables.read_table(spark, tables.table_ref(at_08, "band_index"))
+                               .select(*INDEX_COLUMNS).collect()),
+            "at_once_07": marks_and_index_at_once(union, lower), "at_once_08": marks_and_index_at_once(union, SETTINGS)}
+
+
+def test_changed_threshold_reverifies_every_pair_without_signing_indexed_documents(spark, threshold_changes):
+    first, lowered, restored = threshold_changes["outcomes"]
+    assert [o.summary["mode"] for o in threshold_changes["outcomes"]] == ["full", "reverify", "reverify"]
+    assert (first.summary["signed"], lowered.summary["signed"], restored.summary["signed"]) == (150, 90, 0)
+    # Identical to a full run at each threshold: pairs among indexed documents are verified again too.
+    assert threshold_changes["marks_07"] == threshold_changes["at_once_07"][0]
+    assert threshold_changes["marks_08"] == threshold_changes["at_once_08"][0]
+    assert threshold_changes["index_08"] == threshold_changes["at_once_08"][1]
+    marked_07, marked_08 = (sum(m[2] is not None for m in threshold_changes[key]) for key in ("marks_07", "marks_08"))
+    assert marked_08 < marked_07  # the lower threshold merges clusters, and the raised one splits them again
+    recorded = tables.properties(spark, tables.table_ref(threshold_changes["cfg"], "band_index"))
+    assert (recorded["cleanwell.neardup.threshold"], recorded["cleanwell.neardup.settings_hash"]) \
+        == ("0.8", SETTINGS.settings_hash)
 
 
 def planted_pairs_only(clusters, by_id):

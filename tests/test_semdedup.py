@@ -1,4 +1,5 @@
-"""SemDeDup within a cluster (udfs.semdedup): chunked result equals the brute-force reference."""
+"""SemDeDup within a cluster (udfs.semdedup): chunked result equals the brute-force reference; the embed
+step reruns SemDeDup alone, on reused embeddings and clusters, when only its threshold changed."""
 from __future__ import annotations
 
 import json
@@ -117,3 +118,39 @@ def test_cluster_of_five_thousand_in_small_chunks():
     result = semantic_duplicate_of(vectors, ids, np.arange(5000), threshold=0.95, chunk_rows=512)
     assert result[2500:].tolist() == list(range(2500))
     assert all(value is None for value in result[:2500])
+
+
+@pytest.mark.spark
+def test_changed_semdedup_threshold_reuses_embeddings_and_clusters_and_marks_as_a_fresh_run(spark, fork_demo):
+    from delta.tables import DeltaTable
+
+    from jobs import embed
+    from jobs.common import tables
+    from jobs.common.runner import execute
+    from jobs.pipeline import STEPS
+
+    cfg, _ = fork_demo("clusters.semdedup_threshold=0.8")
+    silver_ref, clusters_ref = tables.table_ref(cfg, "silver"), tables.table_ref(cfg, "clusters")
+
+    def published():
+        silver = tables.read_table(spark, silver_ref).select("doc_id", "cluster_id", "semantic_duplicate_of",
+                                                              "embedding").collect()
+        clusters = tables.read_table(spark, clusters_ref).select("cluster_id", "size", "centroid").collect()
+        return {r["doc_id"]: tuple(r[1:3]) + (tuple(r["embedding"]),) for r in silver}, sorted(map(tuple, clusters))
+
+    at_09, clusters_09 = published()
+    reused = execute(embed.STEP, spark, cfg, steps=STEPS)
+    at_08, clusters_08 = published()
+    # From scratch at 0.8: silver restored to the version the demo's embed read (the same files), embedded,
+    # clustered and deduplicated again by the step.
+    runs = tables.read_table(spark, tables.table_ref(cfg, "pipeline_runs")).where("step = 'embed'").collect()
+    read_version = int(dict(min(runs, key=lambda r: r["finished_at"])["inputs"])["table:silver"])
+    DeltaTable.forPath(spark, silver_ref.location).restoreToVersion(read_version)
+    fresh = execute(embed.STEP, spark, cfg, steps=STEPS, force=True)
+    fresh_08, fresh_clusters_08 = published()
+
+    assert (reused.summary["mode"], fresh.summary["mode"]) == ("reuse", "full")
+    assert at_08 == fresh_08 and clusters_08 == fresh_clusters_08 == clusters_09
+    assert {d: v[0] for d, v in at_08.items()} == {d: v[0] for d, v in at_09.items()}
+    marked_09, marked_08 = (sum(v[1] is not None for v in marks.values()) for marks in (at_09, at_08))
+    assert 0 < marked_09 < marked_08 == reused.summary["marked"]["semantic_duplicate"]

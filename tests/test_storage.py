@@ -93,6 +93,8 @@ def test_a_wheel_alone_on_sys_path_finds_its_config(tmp_path):
     assert seen["mixture"] == "demo" and seen["suite"] > 0 and seen["log4j"]
 
 
+# slow: reruns steps on a forked lake (~30 s); test_object_store covers URI lakes in the fast suite.
+@pytest.mark.slow
 @pytest.mark.spark
 def test_a_file_uri_lake_and_output_folders(spark, fork_demo):
     """lake.root, manifests, reports and export shards given as file:// URIs, as a cluster config would."""

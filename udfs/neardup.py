@@ -30,10 +30,16 @@ _VERIFY_CHARS_PER_CHUNK = 1 << 18
 _PAIRS_PER_BATCH = 1 << 16
 
 
+# Settings that act only when candidate pairs are verified: changing them leaves every band hash valid.
+VERIFICATION_SETTINGS = ("threshold", "verification")
+
+
 @dataclass(frozen=True)
 class LshSettings:
     """Everything that determines which pairs are near duplicates. Two runs are comparable only when
-    their settings are equal; ``settings_hash`` identifies them in the band index and table properties."""
+    their settings are equal; ``settings_hash`` identifies them in table properties. The band hashes
+    depend on all but :data:`VERIFICATION_SETTINGS`: ``index_settings_hash`` identifies those, so that a
+    changed threshold re-verifies the pairs of the band index instead of signing every text again."""
 
     shingle: str
     ngram: int
@@ -65,11 +71,20 @@ class LshSettings:
 
     @property
     def settings_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
+        return _hash(self.describe())
+
+    @property
+    def index_settings_hash(self) -> str:
+        """Hash of the settings the band hashes and candidate pairs depend on (not the verification)."""
+        return _hash({k: v for k, v in self.describe().items() if k not in VERIFICATION_SETTINGS})
 
     def table_properties(self) -> dict[str, str]:
-        return {f"{PROPERTY_PREFIX}{key}": str(value)
-                for key, value in {**self.describe(), "settings_hash": self.settings_hash}.items()}
+        hashes = {"settings_hash": self.settings_hash, "index_settings_hash": self.index_settings_hash}
+        return {f"{PROPERTY_PREFIX}{key}": str(value) for key, value in {**self.describe(), **hashes}.items()}
+
+
+def _hash(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def band_hash_batches(batches: Iterable[pa.RecordBatch], settings: LshSettings) -> Iterator[pa.RecordBatch]:

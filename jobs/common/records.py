@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from jobs.common.config import DOCUMENT_FIELDS, ORIGINS, IngestConfig, ProvenanceConfig, SourceConfig
 from jobs.common.errors import SetupError
-from jobs.common.storage import _fsspec_path
+from jobs.common.storage import fsspec_path
 from udfs.text import content_hash, normalize_text
 
 DATE_FIELDS = ("created_at", "crawled_at")
@@ -236,7 +236,7 @@ def _decompressed(stream: BinaryIO, codec: str | None) -> BinaryIO:
 
 def ensure_readable_scheme(path: str) -> None:
     """Raise SetupError when fsspec cannot open files of this path's scheme here (its package is missing)."""
-    protocol, _ = fsspec.core.split_protocol(_fsspec_path(path))
+    protocol, _ = fsspec.core.split_protocol(fsspec_path(path))
     if protocol is None:
         return
     try:
@@ -250,7 +250,7 @@ def ensure_readable_scheme(path: str) -> None:
 def _open(path: str) -> BinaryIO:
     """The file through fsspec, the layer storage.py uses (``file:/``, ``s3a://``, ``dbfs:/`` as /dbfs/…)."""
     try:
-        return fsspec.open(_fsspec_path(path), "rb").open()
+        return fsspec.open(fsspec_path(path), "rb").open()
     except (ImportError, ValueError):
         ensure_readable_scheme(path)
         raise

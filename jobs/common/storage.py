@@ -37,7 +37,7 @@ def is_url(path: str) -> bool:
     return "://" in path or path.startswith("dbfs:")
 
 
-def _fsspec_path(path: str) -> str:
+def fsspec_path(path: str) -> str:
     if path.startswith("dbfs:"):
         return "/dbfs/" + path.removeprefix("dbfs:").lstrip("/")
     return path
@@ -72,14 +72,14 @@ def _use_bundled(path: str) -> Traversable | None:
 def exists(path: str) -> bool:
     if _use_bundled(path) is not None:
         return True
-    fs, target = fsspec.core.url_to_fs(_fsspec_path(path))
+    fs, target = fsspec.core.url_to_fs(fsspec_path(path))
     return fs.exists(target)
 
 
 def is_file(path: str) -> bool:
     if _use_bundled(path) is not None:
         return True
-    fs, target = fsspec.core.url_to_fs(_fsspec_path(path))
+    fs, target = fsspec.core.url_to_fs(fsspec_path(path))
     return fs.isfile(target)
 
 
@@ -89,7 +89,7 @@ def read_bytes(path: str) -> bytes:
     if resource is not None:
         return resource.read_bytes()
     try:
-        with fsspec.open(_fsspec_path(path), "rb") as fh:
+        with fsspec.open(fsspec_path(path), "rb") as fh:
             return fh.read()
     except FileNotFoundError:
         raise FileNotFoundError(path) from None
@@ -101,7 +101,7 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file, creating local parent folders; object stores need none."""
-    with fsspec.open(_fsspec_path(path), "wb", auto_mkdir=True) as fh:
+    with fsspec.open(fsspec_path(path), "wb", auto_mkdir=True) as fh:
         fh.write(data)
 
 
