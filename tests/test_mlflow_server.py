@@ -5,6 +5,7 @@ registered-model name. The slow test runs each pipeline step as its own process,
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from mlflow import MlflowClient
 from jobs.common.config import load_config
 from jobs.common.tracking import configure, pipeline_run, tracked_run
 from jobs.detect import CHAMPION_COMPARISON, HELD_BACK_BUCKETS, is_held_back, train_standalone, training_set
-from jobs.pipeline import STEP_NAMES
+from jobs.pipeline import STEP_NAMES, echo_locations
 from tests.conftest import REPO, lake_overrides
 
 CLEANWELL = str(Path(sys.executable).with_name("cleanwell"))
@@ -230,3 +231,25 @@ def test_each_step_in_its_own_process_shares_tokenizer_and_detector_through_the_
     assert len(list((mlflow_server.artifacts / tokenize.experiment_id).rglob("detector_bundle.pkl"))) == 1
     assert runs["detect"].data.tags["detector.alias_moved"] == "true"
     assert local_mlflow_folders(work) == [] and local_mlflow_folders(tmp_path / "out") == []
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed_and_still_reaches_mlflow(mlflow_server, tmp_path,
+                                                                                   monkeypatch, capfd):
+    """issue #13: MLflow's run links and cleanwell's closing lines printed `http://user:SECRET@host`.
+    The credentials now travel as MLFLOW_TRACKING_USERNAME/PASSWORD (MLflow's basic auth) and the URI
+    MLflow sees is bare."""
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    secret_uri = mlflow_server.uri.replace("http://", "http://alice:S3CRET%21pw@")
+    cfg = server_config(mlflow_server, tmp_path, "secret", f"tracking.uri={secret_uri}")
+    with tracked_run(cfg, "secret-step") as log:
+        log.metric("answer", 42)
+    echo_locations(cfg)
+    printed = capfd.readouterr()
+    assert "S3CRET" not in printed.out + printed.err
+    assert f"alice:***@{mlflow_server.uri.removeprefix('http://')}" in printed.out
+    assert mlflow.get_tracking_uri() == mlflow_server.uri
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("alice", "S3CRET!pw")
+    run = MlflowClient(mlflow_server.uri).get_run(log.run_id)
+    assert run.data.metrics["answer"] == 42
+    assert "S3CRET" not in json.dumps(run.data.params)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import subprocess
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,6 +66,38 @@ _pipeline_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("p
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
+def without_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(uri without ``user:password@``, user, password) for an ``http(s)://`` URI; others unchanged.
+    MLflow prints run links built from the tracking URI, so a password inside it would be echoed on
+    every run: cleanwell hands MLflow the bare URI and the credentials through
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, which it sends as basic auth."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    host = parts.netloc.rpartition("@")[2]
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=host))
+    return bare, urllib.parse.unquote(parts.username or "") or None, \
+        None if parts.password is None else urllib.parse.unquote(parts.password)
+
+
+def redacted(uri: str) -> str:
+    """``uri`` fit to print: a password in it replaced by ``***``."""
+    bare, user, password = without_credentials(uri)
+    if user is None and password is None:
+        return uri
+    parts = urllib.parse.urlsplit(bare)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user or ''}{':***' if password else ''}@{parts.netloc}"))
+
+
+def _use_credentials(uri: str) -> str:
+    bare, user, password = without_credentials(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password is not None:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return bare
+
+
 def tracking_uri(cfg: Config) -> str:
     """``tracking.uri`` if configured, else ``MLFLOW_TRACKING_URI`` (e.g. Databricks sets it), else sqlite."""
     return cfg.tracking.uri or _USER_TRACKING_URI or DEFAULT_TRACKING_URI
@@ -92,10 +125,10 @@ def configure(cfg: Config):
     import mlflow
 
     _quiet_mlflow()
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_tracking_uri(_use_credentials(tracking_uri(cfg)))
     registry = registry_uri(cfg)
     if registry:
-        mlflow.set_registry_uri(registry)
+        mlflow.set_registry_uri(_use_credentials(registry))
     else:
         # A registry set for an earlier config in this process must not outlive it (set_registry_uri also
         # exports MLFLOW_REGISTRY_URI); unset, MLflow derives the registry from the tracking URI.
