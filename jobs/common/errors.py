@@ -17,6 +17,10 @@ class InputError(CleanwellError):
     """An input table or file is missing or lacks required columns."""
 
 
+class ConcurrentWriteError(CleanwellError):
+    """Another writer kept committing to the same Delta table; retries ran out."""
+
+
 class GateFailed(CleanwellError):
     """A Great Expectations gate failed; nothing was published."""
 

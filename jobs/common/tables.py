@@ -7,15 +7,19 @@ MLflow run id as the commit's user metadata, so ``DESCRIBE HISTORY`` leads back 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.common import storage
 from jobs.common.config import Config
-from jobs.common.errors import InputError, SetupError
+from jobs.common.errors import ConcurrentWriteError, InputError, SetupError
 
 
 @dataclass(frozen=True)
@@ -129,34 +133,69 @@ def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> None:
     writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
 
 
+# Delta's optimistic concurrency: a commit that lost a race to another writer (two ingests creating the
+# same table, two MERGEs into it) raises one of these, and Delta's advice is to run the operation again.
+CONFLICTS = tuple(getattr(delta_errors, name) for name in (
+    "ConcurrentAppendException", "ConcurrentDeleteDeleteException", "ConcurrentDeleteReadException",
+    "ConcurrentTransactionException", "ConcurrentWriteException", "DeltaConcurrentModificationException",
+    "MetadataChangedException", "ProtocolChangedException"))
+CONFLICT_ATTEMPTS = 6
+T = TypeVar("T")
+
+
+def retry_on_conflict(ref: TableRef, action: Callable[[], T], attempts: int = CONFLICT_ATTEMPTS) -> T:
+    """Run ``action`` (which must re-read what it depends on) again after a concurrent-commit conflict,
+    with jittered back-off; a clear error once ``attempts`` are spent."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except CONFLICTS as exc:
+            if attempt == attempts:
+                raise ConcurrentWriteError(
+                    f"{ref} kept changing under concurrent writers ({attempts} attempts; last: "
+                    f"{type(exc).__name__}); nothing of this write was committed: run it again") from exc
+            time.sleep(random.uniform(0.2, 1.0) * attempt)
+    raise AssertionError("unreachable")
+
+
 def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
     """Insert rows whose key is not in the table yet (idempotent: re-running inserts nothing).
-    Returns the number of rows inserted. ``df`` must be unique on ``keys``."""
+    Returns the number of rows inserted. ``df`` must be unique on ``keys``. Safe beside a concurrent
+    writer: the table is created by an append (never an overwrite that could drop the other writer's
+    rows), and a lost commit race is retried as a MERGE."""
     spark = df.sparkSession
-    if not exists(spark, ref):
-        count = df.count()
-        if count:
-            overwrite(df, ref, run_id=run_id)
-        return count
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    _with_commit_metadata(spark, run_id,
-                          lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
-                          .whenNotMatchedInsertAll().execute())
-    return _last_operation_metric(spark, ref, "numTargetRowsInserted")
+
+    def attempt() -> int:
+        if not exists(spark, ref):
+            count = df.count()
+            if count:
+                append(df, ref, run_id=run_id)
+            return count
+        _with_commit_metadata(spark, run_id,
+                              lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
+                              .whenNotMatchedInsertAll().execute())
+        return _last_operation_metric(spark, ref, "numTargetRowsInserted")
+
+    return retry_on_conflict(ref, attempt)
 
 
 def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
     """MERGE: update rows whose key exists, insert the others. Returns rows inserted + updated."""
     spark = df.sparkSession
-    if not exists(spark, ref):
-        overwrite(df, ref, run_id=run_id)
-        return df.count()
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
-    _with_commit_metadata(spark, run_id,
-                          lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
-                          .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
-    return (_last_operation_metric(spark, ref, "numTargetRowsInserted")
-            + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
+
+    def attempt() -> int:
+        if not exists(spark, ref):
+            append(df, ref, run_id=run_id)
+            return df.count()
+        _with_commit_metadata(spark, run_id,
+                              lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
+                              .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+        return (_last_operation_metric(spark, ref, "numTargetRowsInserted")
+                + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
+
+    return retry_on_conflict(ref, attempt)
 
 
 def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
