@@ -56,3 +56,21 @@ def test_disabled_gates_validate_nothing_and_queue_nothing(spark, make_config):
         assert log.gate_rows == []
     assert mlflow.get_run(log.run_id).data.tags["gate.no-such-suite"] == "disabled"
     assert mlflow.active_run() is None
+
+
+@pytest.mark.spark
+def test_a_gate_that_cannot_be_computed_says_why(spark, make_config, tmp_path):
+    """A UDF upstream of the validated frame that raises made every expectation "fail" with `{}`: the
+    error (here a KeyError in the Python worker) must be in the failure message."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf("double")
+    def broken(values):
+        raise KeyError("model bundle lacks 'idf'")
+
+    _suites(tmp_path)
+    cfg = make_config(f"gates.suites_dir={tmp_path}")
+    frame = spark.range(3).select(F.col("id").cast("string").alias("doc_id"), broken(F.col("id")).alias("score"))
+    with tracked_run(cfg, "gate-error") as log, pytest.raises(GateFailed) as failure:
+        gates.check(cfg, frame, ["range"], log, "t", params={"top": 1})
+    assert "KeyError" in str(failure.value) and "lacks 'idf'" in str(failure.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,11 @@ class Outcome:
     observed: dict[str, Any]
 
     def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        if "exception" in self.observed:  # not evaluated: the frame could not be computed
+            return f"{self.expectation}({args}) could not be computed: {self.observed['exception']}"
         shown = {k: v for k, v in self.observed.items() if k in ("observed_value", "unexpected_count",
                                                                  "unexpected_percent", "partial_unexpected_list")}
-        args = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
         return f"{self.expectation}({args}) -> {json.dumps(shown, default=str)[:300]}"
 
 
@@ -102,6 +105,23 @@ def _context():
 Specs = list[tuple[str, dict[str, Any]]]
 
 
+def _exception_message(info: dict | None) -> str | None:
+    """The first error GX caught while computing an expectation's metrics (e.g. a failing UDF upstream
+    of the validated frame), so a gate that could not be evaluated says why instead of "failed: {}".
+    GX reports it flat ({raised_exception, exception_message}) or per metric ({metric_id: {...}})."""
+    if not info:
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception") or entry.get("exception_message") or entry.get("exception_traceback"):
+            text = str(entry.get("exception_message") or entry.get("exception_traceback") or "")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            # A Python worker's error is buried in a JVM trace: prefer its "SomeError: ..." line.
+            named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+            return ((named or lines or ["an exception without a message"])[-1 if named else 0])[:2000]
+    return None
+
+
 def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> list[GateResult]:
     """One GX validation of every expectation of ``suites`` (each tagged with its suite in ``meta``)."""
     import great_expectations as gx
@@ -126,8 +146,9 @@ def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> 
     for item in result.results:
         kwargs = {k: v for k, v in item.expectation_config.kwargs.items() if k != "batch_id"}
         observed = dict(item.result or {})
-        if item.exception_info and item.exception_info.get("raised_exception"):
-            observed["exception"] = item.exception_info.get("exception_message")
+        raised = _exception_message(item.exception_info)
+        if raised:
+            observed["exception"] = raised
         suite = (item.expectation_config.meta or {})["cleanwell_suite"]
         outcomes[suite].append(Outcome(item.expectation_config.type, kwargs, bool(item.success), observed))
     return [GateResult(suite, found) for suite, found in outcomes.items()]
