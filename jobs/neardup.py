@@ -304,12 +304,13 @@ def previous_index(spark: SparkSession, cfg: Config, settings: LshSettings, silv
 
 
 def read_silver(spark: SparkSession, cfg: Config) -> DataFrame:
-    """Silver with the columns detection and the choice of representatives need."""
+    """Silver with the columns detection and the choice of representatives need, without the marks of an
+    earlier run of this step (a rerun on unchanged silver, e.g. after a new threshold, finds them there)."""
     ref = tables.table_ref(cfg, "silver")
     silver = tables.read_table(spark, ref)
     tables.require_columns(silver, ("doc_id", "text", "pre_ai_archive", "origin", "created_at", "source",
                                     "alpha_ratio", "duplicate_line_fraction"), f"silver table {ref}")
-    return silver
+    return silver.drop(*[c for c in NEAR_DUPLICATE_COLUMNS if c in silver.columns])
 
 
 def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict[str, str]) -> None:
