@@ -10,14 +10,17 @@ import unicodedata
 
 import xxhash
 
-# C0/C1 control characters except tab and newline; also zero-width and BOM characters that are
-# invisible yet make otherwise identical texts hash differently.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff]")
+# C0/C1 control characters except tab and newline; zero-width and BOM characters, invisible yet making
+# otherwise identical texts hash differently; and Unicode's Bidi_Control characters (U+061C, U+200E/F,
+# U+202A..U+202E, U+2066..U+2069), which reorder how text is displayed ("Trojan Source") without being
+# content. Right-to-left letters are untouched: their direction comes from the letters themselves.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e"
+                      "\u2060\u2066-\u2069\ufeff]")
 _TRAILING_SPACE = re.compile(r"[ \t]+\n")
 
 
 def normalize_text(text: str) -> str:
-    """NFC, CRLF/CR -> LF, control and zero-width characters removed, trailing spaces on lines and
+    """NFC, CRLF/CR -> LF, control, zero-width and bidi control characters removed, trailing spaces on lines and
     surrounding whitespace stripped. Inner spacing and case are kept: they are content."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")

@@ -10,12 +10,17 @@ magic bytes), so memory is bounded by the largest record, never by the file; doc
 """
 from __future__ import annotations
 
+import bz2
 import csv
 import datetime as dt
+import gzip
 import io
 import json
 import lzma
-from collections.abc import Iterator
+import re
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -171,8 +176,13 @@ _READ_BUFFER = 1 << 20
 _SKIP_CHUNK = 1 << 20
 _BZ2_BLOCK_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")  # first block, or end of stream
 # What a broken stream raises while being read: truncated or corrupt compressed data (OSError, EOFError,
-# pyarrow's ArrowInvalid is a ValueError, lzma.LZMAError), a file deleted or unreadable mid-read (OSError).
-_STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError)
+# pyarrow's ArrowInvalid is a ValueError, lzma.LZMAError, zlib.error), a file deleted or unreadable mid-read.
+_STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
+_BOM = b"\xef\xbb\xbf"
+# Stdlib readers that hand out every byte decompressed before a break (pyarrow's drop their last buffer).
+_EXACT_TO_THE_BREAK = {"gzip": gzip.open, "bz2": bz2.open}
+# A \u escape of a UTF-16 surrogate; only a line holding one can decode to a lone surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -192,7 +202,8 @@ class _BrokenStream(Exception):
     """The file's bytes stopped being readable before record ``number``."""
 
     def __init__(self, number: int, cause: BaseException):
-        super().__init__(f"reading stopped at record {number}: {type(cause).__name__}: {cause}")
+        super().__init__(f"reading stopped at record {number}: {type(cause).__name__}: {cause}; the records from "
+                         "there to the end of the file are not read (number of records unknown)")
         self.number = number
 
 
@@ -305,6 +316,16 @@ def _lines(stream: BinaryIO, task: ReadTask, limit: int) -> Iterator[tuple[int, 
         raise _BrokenStream(number + 1, exc) from exc
 
 
+def _lone_surrogate(record: dict[str, Any]) -> str | None:
+    """The first lone surrogate a JSON object decoded to, as its escape, or None. JSON allows ``\\ud800``
+    alone, but it is no character: it cannot be written as UTF-8 (nor handed to Arrow)."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"\\u{ord(exc.object[exc.start]):04x}"
+    return None
+
+
 def _jsonl_line(line: bytes, settings: ParseSettings) -> dict[str, Any]:
     try:
         decoded = line.decode("utf-8")
@@ -312,10 +333,16 @@ def _jsonl_line(line: bytes, settings: ParseSettings) -> dict[str, Any]:
         return _rejection("invalid_utf8", f"byte {exc.start}: {exc.reason}", line, settings)
     try:
         record = json.loads(decoded)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or an integer literal past Python's 4,300-digit limit
         return _rejection("malformed_json", str(exc), line, settings)
+    except RecursionError:
+        return _rejection("malformed_json", "nested too deeply to parse (RecursionError)", line, settings)
     if not isinstance(record, dict):
         return _rejection("not_an_object", f"JSON {type(record).__name__}, expected an object", line, settings)
+    if _SURROGATE_ESCAPE.search(line) and (escape := _lone_surrogate(record)):
+        # The same reason as the surrogate's UTF-8 bytes (ED A0 80) written raw: one character, one reason.
+        return _rejection("invalid_utf8", f"the JSON escape {escape} is a lone UTF-16 surrogate, not a character: "
+                          "the record cannot be encoded as UTF-8", line, settings)
     return _from_mapping(record, line, settings)
 
 
@@ -328,37 +355,103 @@ def _too_large(what: str, size: int, head: bytes, settings: ParseSettings) -> di
 
 def _jsonl(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
     limit = settings.ingest.max_record_bytes
+    extra = 0  # lines ended by a bare CR (CR-only line ends) before this one: each is a line of its own
     for number, line, size in _lines(stream, task, limit):
         record = line.removesuffix(b"\n")
         if len(record) > limit:
-            yield number, _too_large("line", size, line, settings)
-        elif (record := record.rstrip(b"\r")).strip():  # blank lines separate records; they are not records
-            yield number, _jsonl_line(record, settings)
+            yield number + extra, _too_large("line", size, line, settings)
+            continue
+        # A BOM starts a file written as "UTF-8 with BOM", or a file concatenated from such files.
+        record = record.rstrip(b"\r").removeprefix(_BOM)
+        if not record.strip():
+            continue  # blank lines separate records; they are not records
+        row = _jsonl_line(record, settings)
+        # A bare CR is whitespace to JSON, so a line with one that parses is one record. One that does not
+        # parse holds CR-only line ends (classic Mac): each CR-separated piece is a record. Not in a byte range
+        # of a split file, whose later ranges number lines by LF alone (numbers would clash).
+        if row.get("reason") == "malformed_json" and b"\r" in record and task.end is None:
+            pieces = record.split(b"\r")
+            for offset, piece in enumerate(pieces):
+                if (piece := piece.removeprefix(_BOM)).strip():
+                    yield number + extra + offset, _jsonl_line(piece, settings)
+            extra += len(pieces) - 1
+        else:
+            yield number + extra, row
+
+
+class _CsvLines:
+    """The physical lines csv.reader reads, keeping those of the record being read, so that the lines an
+    unterminated quote swallowed can be read again; ``ended``: the reader asked for a line past the end."""
+
+    def __init__(self, text: io.TextIOWrapper):
+        self._text = text
+        self._again: deque[str] = deque()
+        self.record: list[str] = []
+        self.number = 0  # lines handed out
+        self.ended = False
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        if self._again:
+            line = self._again.popleft()
+        else:
+            try:
+                line = next(self._text)
+            except StopIteration:
+                self.ended = True
+                raise
+        self.record.append(line)
+        self.number += 1
+        return line
+
+    def next_record(self) -> int:
+        """Start a record; returns the number of its first line."""
+        self.record.clear()
+        return self.number + 1
+
+    def read_again(self, lines: list[str]) -> None:
+        self._again.extendleft(reversed(lines))
+        self.number -= len(lines)
+        self.ended = False
 
 
 def _csv(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
     # The field limit is per process; raising it to the record limit lets a long text field through.
     csv.field_size_limit(max(csv.field_size_limit(), settings.ingest.max_record_bytes))
-    # surrogateescape keeps invalid bytes visible per row instead of failing the whole file.
-    text = io.TextIOWrapper(stream, encoding="utf-8", errors="surrogateescape", newline="")
+    # surrogateescape keeps invalid bytes visible per row instead of failing the whole file; utf-8-sig drops
+    # a leading BOM, which would otherwise become part of the first column's name.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     delimiter = settings.source.csv_delimiter
-    reader = csv.reader(text, delimiter=delimiter)
-    start = 1
+    lines = _CsvLines(text)
+    reader = csv.reader(lines, delimiter=delimiter)
     header: list[str] | None = None
     while True:
+        number = lines.next_record()
         try:
             row = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            number, start = start, reader.line_num + 1
             yield number, _rejection("malformed_csv", f"{'header: ' if header is None else ''}{exc}", None, settings)
             if header is None:
                 return  # without a header no row can be mapped
             continue
         except _STREAM_ERRORS as exc:
-            raise _BrokenStream(start, exc) from exc
-        number, start = start, reader.line_num + 1
+            raise _BrokenStream(number, exc) from exc
+        if lines.ended:
+            # The file ended inside a quoted field: the quote opened on this record's first line never closes,
+            # and the csv module would hand back every line after it as one field. Those lines are read again.
+            swallowed = lines.record[1:]
+            yield number, _rejection("malformed_csv", f"{'header: ' if header is None else ''}unterminated quote: "
+                                     f"the field opened on line {number} never closes; the {len(swallowed)} "
+                                     "line(s) after it are read again as rows", lines.record[0], settings)
+            if header is None:
+                return
+            lines.read_again(swallowed)
+            reader = csv.reader(lines, delimiter=delimiter)
+            continue
         if header is None:
             header = row
             continue
@@ -382,7 +475,8 @@ def _parquet(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Itera
         batches = pq.ParquetFile(stream).iter_batches(batch_size=settings.ingest.batch_rows)
     except Exception as exc:  # pyarrow raises several types for corrupt files; all mean the same here
         stream.seek(0)
-        yield 0, _rejection("unreadable_file", f"not a readable Parquet file: {exc}", stream.read(200), settings)
+        yield 0, _rejection("unreadable_file", "not a readable Parquet file, no record read (number of records "
+                            f"unknown): {exc}", stream.read(200), settings)
         return
     number = 0
     while True:  # a batch at a time (within one row group), never the whole table
@@ -438,7 +532,29 @@ def _records(stream: BinaryIO, task: ReadTask, settings: ParseSettings) -> Itera
         yield 0, _rejection("unreadable_file", f"the name says {task.compression} but the content is not "
                             f"(first bytes {head[:8].hex(' ')}); not read", head, settings)
         return
-    yield from parser(_decompressed(buffered, codec), task, settings)
+    rows = parser(_decompressed(buffered, codec), task, settings)
+    if codec in _EXACT_TO_THE_BREAK and stream.seekable():
+        rows = _read_to_the_break(rows, _EXACT_TO_THE_BREAK[codec], stream, task, settings)
+    yield from rows
+
+
+def _read_to_the_break(rows: Iterator[tuple[int, dict[str, Any]]], exact_reader: Callable, stream: BinaryIO,
+                       task: ReadTask, settings: ParseSettings) -> Iterator[tuple[int, dict[str, Any]]]:
+    """pyarrow's codecs drop the 1 MiB buffer they were filling when the stream breaks (a truncated file),
+    so records that were there would be lost in the ``unreadable_file`` row; stdlib gzip and bz2 hand out
+    every byte before the break. On a break, the file is read again with them (slower, so only then), past
+    the records already out: the row then stands only for the records the file really lost."""
+    try:
+        yield from rows
+    except _BrokenStream as broken:
+        stream.seek(0)
+        again = PARSERS[settings.source.format](exact_reader(stream, "rb"), task, settings)
+        try:
+            for number, row in again:
+                if number >= broken.number:
+                    yield number, row
+        except _BrokenStream as exact:
+            raise (exact if exact.number >= broken.number else broken) from None
 
 
 def parse_stream(task: ReadTask, stream: BinaryIO, settings: ParseSettings) -> Iterator[dict[str, Any]]:
