@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.ml.clustering import KMeans
-from pyspark.ml.functions import array_to_vector
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -40,8 +38,9 @@ from jobs.common.schema import reference_sample, survivor_order
 from jobs.common.tracking import RunLog
 from udfs.diversity import cluster_entropy, distinct_n, top_source_share, vendi_score
 from udfs.embeddings import EmbeddingModel
+from udfs.kmeans import fit_centroids
 from udfs.semdedup import semantic_duplicate_of
-from udfs.spark import embedding_column
+from udfs.spark import embedding_column, nearest_centroid_column
 
 PRODUCED = ("embedding", "cluster_id", "semantic_duplicate_of")
 
@@ -60,15 +59,19 @@ def fit_embedding_model(silver: DataFrame, cfg: Config) -> bytes | None:
 
 
 def add_clusters(embedded: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
-    """(documents with cluster_id, one row per cluster with size and centroid)."""
-    vectors = embedded.withColumn("_vector", array_to_vector("embedding"))
-    model = KMeans(k=cfg.clusters.k, maxIter=cfg.clusters.max_iter, seed=cfg.clusters.seed,
-                   featuresCol="_vector", predictionCol="cluster_id").fit(vectors)
-    clustered = model.transform(vectors).drop("_vector").withColumn("cluster_id", F.col("cluster_id").cast("int"))
-    centroids = [(i, [float(x) for x in c]) for i, c in enumerate(model.clusterCenters())]
+    """(documents with cluster_id, one row per cluster with size and centroid). KMeans is fitted on at most
+    ``clusters.fit_sample`` embeddings taken in doc_id-hash order (udfs/kmeans.py: scikit-learn), so the
+    clusters do not depend on how silver is partitioned; every document then goes to its nearest centroid."""
+    c = cfg.clusters
+    sample = (embedded.orderBy(F.xxhash64("doc_id"), "doc_id").limit(c.fit_sample)
+              .select("embedding").toPandas()["embedding"])
+    centroids = fit_centroids(np.stack(sample.to_numpy()) if len(sample) else np.zeros((0, 1)), c.k, c.seed,
+                              c.max_iter)
+    clustered = embedded.withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids))
     sizes = clustered.groupBy("cluster_id").count()
     spark = embedded.sparkSession
-    summary = (spark.createDataFrame(centroids, "cluster_id int, centroid array<double>")
+    summary = (spark.createDataFrame([(i, [float(x) for x in centre]) for i, centre in enumerate(centroids)],
+                                     "cluster_id int, centroid array<double>")
                .join(sizes, "cluster_id", "left").fillna(0, ["count"]).withColumnRenamed("count", "size"))
     return clustered, summary
 
@@ -118,7 +121,8 @@ def embedding_settings_hash(cfg: Config) -> str:
     """Hash of the settings ``embedding`` and ``cluster_id`` depend on: the embeddings section and KMeans's
     k, iterations and seed; not SemDeDup's threshold nor the diversity samples."""
     c = cfg.clusters
-    settings = {"embeddings": cfg.embeddings.model_dump(mode="json"), "k": c.k, "max_iter": c.max_iter, "seed": c.seed}
+    settings = {"embeddings": cfg.embeddings.model_dump(mode="json"), "k": c.k, "max_iter": c.max_iter, "seed": c.seed,
+                "fit_sample": c.fit_sample}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -155,3 +155,21 @@ def test_changed_semdedup_threshold_reuses_embeddings_and_clusters_and_marks_as_
     assert {d: v[0] for d, v in at_095.items()} == {d: v[0] for d, v in at_090.items()}
     marked_090, marked_095 = (sum(v[1] is not None for v in marks.values()) for marks in (at_090, at_095))
     assert 0 < marked_095 == reused.summary["marked"]["semantic_duplicate"] < marked_090
+
+
+@pytest.mark.spark
+def test_clusters_do_not_depend_on_how_silver_is_partitioned(spark, demo):
+    """issue #13: a recovery rerun (silver rewritten into other files) gave other clusters with Spark ML's
+    KMeans; the sampled fit and nearest-centroid assignment give the same ones on any partitioning."""
+    from jobs.common import tables
+    from jobs.embed import add_clusters
+
+    cfg, _, _ = demo
+    silver = tables.read_table(spark, tables.table_ref(cfg, "silver")).select("doc_id", "embedding")
+    results = []
+    for partitions in (1, 7):
+        clustered, summary = add_clusters(silver.repartition(partitions), cfg)
+        results.append(({r["doc_id"]: r["cluster_id"] for r in clustered.collect()},
+                        sorted((r["cluster_id"], r["size"]) for r in summary.collect())))
+    assert results[0] == results[1]
+    assert len(results[0][1]) == cfg.clusters.k and sum(size for _, size in results[0][1]) == silver.count()

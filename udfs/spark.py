@@ -17,6 +17,7 @@ from pyspark.sql.types import (
     BooleanType,
     DoubleType,
     FloatType,
+    IntegerType,
     LongType,
     StringType,
     StructField,
@@ -86,3 +87,16 @@ def embedding_column(text: Column, model_bytes: bytes | None = None, model_path:
             yield pd.Series(list(vectors.astype(np.float32)))
 
     return embed(text)
+
+
+def nearest_centroid_column(embedding: Column, centroids: np.ndarray) -> Column:
+    """int index of the nearest of ``centroids`` (shipped with the UDF) to each ``embedding``."""
+
+    @pandas_udf(IntegerType())
+    def nearest(vectors: pd.Series) -> pd.Series:
+        from udfs.kmeans import nearest_centroid
+
+        rows = np.stack(vectors.to_numpy()) if len(vectors) else np.zeros((0, centroids.shape[1]))
+        return pd.Series(nearest_centroid(rows, centroids))
+
+    return nearest(embedding)

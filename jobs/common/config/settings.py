@@ -247,9 +247,12 @@ class EmbeddingsConfig(Model):
 class ClustersConfig(Model):
     """KMeans clusters, semantic dedup (SemDeDup) and diversity metrics (jobs/embed.py)."""
 
-    k: int = Field(8, ge=2, description="Number of KMeans clusters (Spark ML).")
+    k: int = Field(8, ge=2, description="Number of KMeans clusters (scikit-learn, fitted on `fit_sample`).")
     max_iter: int = Field(30, ge=1, description="KMeans iterations.")
     seed: int = Field(7, description="KMeans seed.")
+    fit_sample: int = Field(20000, ge=10, description="Embeddings KMeans is fitted on, taken in doc_id-hash order "
+                            "(so the clusters do not depend on partitioning); every document is then assigned "
+                            "to its nearest centroid.")
     semdedup_threshold: float = Field(0.90, gt=0, le=1, description="Cosine similarity at or above which two "
                                       "documents of a cluster are semantic duplicates (SemDeDup).")
     vendi_sample: int = Field(2000, ge=10, description="Documents sampled for the Vendi-score estimate.")
