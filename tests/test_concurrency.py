@@ -33,6 +33,7 @@ def race(spark, ref: tables.TableRef, batches: list[list[tuple]]) -> tuple[list[
     return inserted, failures
 
 
+@pytest.mark.slow  # three races of two writers (~25 s); CI runs it
 def test_two_writers_creating_one_table_at_once_lose_no_row(spark, tmp_path):
     """Two ingests into an empty lake both create bronze: before, one died with ProtocolChangedException
     and its rows were missing until a rerun (and a create by overwrite could drop the other's rows)."""

@@ -338,6 +338,7 @@ def threshold_changes(spark, tmp_path_factory):
             "at_once_07": marks_and_index_at_once(union, lower), "at_once_08": marks_and_index_at_once(union, SETTINGS)}
 
 
+@pytest.mark.slow  # three neardup runs (~55 s on a fresh clone); CI runs it
 def test_changed_threshold_reverifies_every_pair_without_signing_indexed_documents(spark, threshold_changes):
     first, lowered, restored = threshold_changes["outcomes"]
     assert [o.summary["mode"] for o in threshold_changes["outcomes"]] == ["full", "reverify", "reverify"]

@@ -120,6 +120,7 @@ def test_cluster_of_five_thousand_in_small_chunks():
     assert all(value is None for value in result[:2500])
 
 
+@pytest.mark.slow  # two embed runs on a forked lake (~36 s on a fresh clone); CI runs it
 @pytest.mark.spark
 def test_changed_semdedup_threshold_reuses_embeddings_and_clusters_and_marks_as_a_fresh_run(spark, fork_demo):
     from delta.tables import DeltaTable
