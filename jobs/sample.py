@@ -7,7 +7,10 @@ This is the only step that *decides*; everything it applies comes from the mixtu
    under the first reason it meets: duplicates, language, quality thresholds and rules, watermarked or
    synthetic documents from unvetted sources or failing validation against the human reference set,
    losers of best-of-n rejection sampling, groups without a weight. Each exclusion keeps its evidence
-   (value, threshold, detail).
+   (value, threshold, detail). The detector's threshold is resolved once, first
+   (jobs/common/detector_registry.py): the mixture's fixed `filters.max_synthetic_probability`, else the
+   registered champion's threshold for `filters.detector_target_fpr`; the manifest and the MLflow run
+   record it (`detector_threshold`).
 2. Allocation and selection (jobs/common/selection.py): group weights spread over embedding clusters,
    documents taken in a fixed priority and hash order, caps, a greedy fill to the budget.
 3. Publication. The mixture passes the `mixture` gate (a one-row summary: synthetic share, budget,
@@ -24,6 +27,7 @@ from pyspark.sql import functions as F
 
 from jobs.common import gates, storage, tables
 from jobs.common.config import Config, MixtureConfig, config_hash, load_mixture
+from jobs.common.detector_registry import DetectorThreshold, resolve_detector_threshold
 from jobs.common.eligibility import EVIDENCE_COLUMNS, eligibility, exclusion_rows
 from jobs.common.manifest import Decisions, build_manifest, gold_cells, input_versions, mixture_summary, write_manifest
 from jobs.common.runner import Step, job_main
@@ -85,15 +89,24 @@ def export_shards(gold: DataFrame, cfg: Config, mixture: MixtureConfig, run_id: 
     return path
 
 
+def log_detector_threshold(log: RunLog, detector: DetectorThreshold) -> None:
+    """The threshold as run params (where it came from) and the metric ``detector_threshold`` (its value)."""
+    log.params({"detector_threshold": {key: value for key, value in detector.as_dict().items()
+                                       if key != "value" and value is not None}})
+    log.metric("detector_threshold", detector.value)
+
+
 def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     mixture = load_mixture(cfg.sample.mixture)
     log.params({"mixture": mixture.model_dump(mode="json")})
+    detector = resolve_detector_threshold(cfg, mixture)
+    log_detector_threshold(log, detector)
     silver_version, silver = read_silver(spark, cfg)
 
-    judged, validation = eligibility(silver, mixture)
+    judged, validation = eligibility(silver, mixture, detector)
     judged = with_selection_order(judged, mixture).cache()
     corpus_cells = judged_cells(judged, mixture)
-    decisions = Decisions(corpus_cells, validation, *allocate(corpus_cells, mixture))
+    decisions = Decisions(corpus_cells, validation, *allocate(corpus_cells, mixture), detector_threshold=detector)
     eligible = judged.where(F.col("exclusion_reason").isNull()).drop("exclusion_reason", *EVIDENCE_COLUMNS)
     gold = (select(eligible, mixture, decisions.cell_targets).drop(*GOLD_DROP)
             .withColumns({"mixture": F.lit(mixture.name), "mixture_run_id": F.lit(log.run_id)})).cache()

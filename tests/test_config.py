@@ -72,6 +72,21 @@ def test_mixture_validation_names_the_key(tmp_path):
         load_mixture(str(bad))
 
 
+def test_mixture_detector_threshold_is_a_target_rate_unless_fixed(tmp_path):
+    demo = load_mixture("conf/mixtures/demo.yaml")
+    assert (demo.filters.max_synthetic_probability, demo.filters.detector_target_fpr) == (None, 0.01)
+    base = "name: x\ntoken_budget: 10\nweights: {a: 1}\nfilters:\n"
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(base + "  max_synthetic_probability: 0.8\n  detector_target_fpr: 0.05\n")
+    assert (load_mixture(str(fixed)).filters.max_synthetic_probability,
+            load_mixture(str(fixed)).filters.detector_target_fpr) == (0.8, 0.05)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(base + "  detector_target_fpr: 0.03\n")
+    with pytest.raises(ConfigError, match=r"`filters.detector_target_fpr`: Value error, must be one of 0.005, "
+                       r"0.01, 0.02, 0.05, 0.1 .*got 0.03"):
+        load_mixture(str(unknown))
+
+
 def test_docs_list_every_key():
     assert (REPO / "docs" / "config.md").read_text(encoding="utf-8") == config_docs() + "\n", \
         "docs/config.md is stale: run `cleanwell config --docs > docs/config.md`"

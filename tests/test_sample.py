@@ -11,12 +11,13 @@ from pyspark.sql import functions as F
 from jobs import sample
 from jobs.common import tables
 from jobs.common.config import load_mixture
+from jobs.common.detector_registry import FPR_THRESHOLDS_TAG, current_champion, resolve_detector_threshold
 from jobs.common.eligibility import eligibility
 from jobs.common.errors import GateFailed
 from jobs.common.manifest import mixture_summary
 from jobs.common.runner import execute
 from jobs.common.selection import allocate, judged_cells, select, with_selection_order
-from jobs.common.tracking import tracked_run
+from jobs.common.tracking import configure, tracked_run
 from jobs.pipeline import STEPS
 from tests.conftest import REPO
 from udfs.heuristics import failed_quality_rules, quality_rule_signals
@@ -34,9 +35,16 @@ def silver(spark, cfg):
     return frame.withColumn("cluster_id", F.col("cluster_id").cast("int"))
 
 
+def judge(spark, cfg, mix, frame=None):
+    """eligibility() with the detector threshold the sample step resolves for ``mix`` (the demo's
+    champion's threshold at the mixture's target false-positive rate)."""
+    configure(cfg)
+    return eligibility(frame if frame is not None else silver(spark, cfg), mix, resolve_detector_threshold(cfg, mix))
+
+
 def choose(spark, cfg, mix, frame=None):
     """(chosen rows as {(doc_id, epoch): row}, eligible frame) without publishing anything."""
-    judged, _ = eligibility(frame if frame is not None else silver(spark, cfg), mix)
+    judged, _ = judge(spark, cfg, mix, frame)
     judged = with_selection_order(judged, mix)
     eligible = judged.where(F.col("exclusion_reason").isNull()).drop("exclusion_reason")
     _, cells = allocate(judged_cells(judged, mix), mix)
@@ -103,15 +111,15 @@ def test_epochs_never_exceed_the_source_limit(spark, demo):
 def test_unvetted_and_invalid_synthetic_sources_are_left_out(spark, demo):
     cfg, _, _ = demo
     frame = silver(spark, cfg)
-    unvetted, _ = eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
-        update={"vetted_sources": []})))
+    unvetted, _ = judge(spark, cfg, mixture(synthetic=DEMO.synthetic.model_copy(
+        update={"vetted_sources": []})), frame)
     reasons = unvetted.where(F.col("effective_origin") == "synthetic").groupBy("exclusion_reason").count().collect()
     assert "synthetic_not_vetted" in {r["exclusion_reason"] for r in reasons}
     assert unvetted.where((F.col("effective_origin") == "synthetic") & F.col("exclusion_reason").isNull()).count() == 0
 
     strict = DEMO.synthetic.validation.model_copy(update={"min_distinct_ratio": 50.0})
-    judged, reports = eligibility(frame, mixture(synthetic=DEMO.synthetic.model_copy(
-        update={"validation": strict})))
+    judged, reports = judge(spark, cfg, mixture(synthetic=DEMO.synthetic.model_copy(
+        update={"validation": strict})), frame)
     assert reports["llama2"]["passed"] is False and 0 < reports["llama2"]["precision"] <= 1
     failed = judged.where(F.col("exclusion_reason") == "synthetic_failed_validation").count()
     assert failed > 0
@@ -121,7 +129,7 @@ def test_unvetted_and_invalid_synthetic_sources_are_left_out(spark, demo):
 def test_rejection_sampling_keeps_the_best_of_each_prompt_group(spark, demo):
     cfg, _, _ = demo
     rejection = DEMO.synthetic.rejection.model_copy(update={"group_key": "domain", "keep_per_group": 2})
-    judged, _ = eligibility(silver(spark, cfg), mixture(synthetic=DEMO.synthetic.model_copy(
+    judged, _ = judge(spark, cfg, mixture(synthetic=DEMO.synthetic.model_copy(
         update={"rejection": rejection})))
     rows = judged.where(F.col("source") == "llama2").select("domain", "ngram_repetition",
                                                               "exclusion_reason").toPandas()
@@ -135,7 +143,7 @@ def test_rejection_sampling_keeps_the_best_of_each_prompt_group(spark, demo):
 
 def test_quality_rule_exclusions_match_the_pure_rules(spark, demo):
     cfg, _, _ = demo
-    judged, _ = eligibility(silver(spark, cfg), mixture(filters=DEMO.filters.model_copy(
+    judged, _ = judge(spark, cfg, mixture(filters=DEMO.filters.model_copy(
         update={"exclude_duplicates": False, "languages": None, "min_words": 0, "min_alpha_ratio": 0.0,
                 "max_duplicate_line_fraction": 1.0})))
     rows = (judged.where((F.col("effective_origin") != "synthetic") & F.col("source").isin(list(DEMO.weights)))
@@ -232,6 +240,27 @@ def test_demo_mixture_manifest_and_shards(spark, demo):
     assert len(list(Path(manifest["export"]).glob("part-*"))) == DEMO.export.shards
     assert sum(outcomes["sample"].summary["excluded"].values()) + manifest["eligible_documents"] == \
         tables.read_table(spark, tables.table_ref(cfg, "silver"), manifest["inputs"]["silver"]["version"]).count()
+
+
+def test_demo_detector_threshold_is_the_champions_at_the_target_rate_and_is_recorded(spark, demo):
+    """The demo mixture fixes no threshold: the sample step applied the champion's threshold at 1 % FPR
+    on its human reference, and the manifest, the MLflow run and the exclusion rows say so."""
+    import mlflow
+
+    cfg, root, outcomes = demo
+    configure(cfg)
+    champion = current_champion(cfg)
+    value = json.loads(champion.tags[FPR_THRESHOLDS_TAG])["0.01"]
+    manifest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
+    assert manifest["detector_threshold"] == {"value": value, "source": "target_fpr", "target_fpr": 0.01,
+                                              "model_version": int(champion.version)}
+    run = mlflow.MlflowClient().get_run(outcomes["sample"].run_id)
+    assert run.data.metrics["detector_threshold"] == value
+    assert {key: run.data.params[f"detector_threshold.{key}"] for key in ("source", "target_fpr", "model_version")} \
+        == {"source": "target_fpr", "target_fpr": "0.01", "model_version": str(champion.version)}
+    exclusions = tables.read_table(spark, tables.table_ref(cfg, "exclusions"), manifest["exclusions_version"])
+    by_detector = exclusions.where((F.col("mixture") == "demo") & (F.col("detail") == "detector"))
+    assert by_detector.where((F.col("threshold") != value) | (F.col("value") < F.col("threshold"))).count() == 0
 
 
 def test_demo_gold_and_manifest_counts_are_pinned(spark, demo):

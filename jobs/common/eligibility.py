@@ -4,8 +4,10 @@ The sampling job (jobs/sample.py) is the only step that decides; this module hol
 applies, as Spark column expressions built from the mixture config:
 
 - the *effective origin* a mixture counts a document as: its declared origin, or ``synthetic`` when
-  the watermark test (``filters.watermark_z_threshold``) or the detector
-  (``filters.max_synthetic_probability``) says so; declared provenance in silver is never rewritten;
+  the watermark test (``filters.watermark_z_threshold``) or the detector says so; declared provenance
+  in silver is never rewritten. The detector's bar is a :class:`~jobs.common.detector_registry.DetectorThreshold`
+  the sampling job resolves once per run (a fixed ``filters.max_synthetic_probability``, or the registered
+  champion's threshold for ``filters.detector_target_fpr``); without one, the mixture's fixed bar applies;
 - the exclusion checks in the order they are reported (a document gets the first it fails), each with
   the evidence that excluded it: the value, the threshold and a detail (the duplicate kept instead,
   the language found, the source ...), written one row per excluded document to the exclusions table.
@@ -22,6 +24,7 @@ from pyspark.sql.functions import pandas_udf
 
 from jobs.common import tables
 from jobs.common.config import MixtureConfig
+from jobs.common.detector_registry import DetectorThreshold, fixed_detector_threshold
 from udfs.diversity import distinct_n
 from udfs.heuristics import QUALITY_RULES, QualityThresholds
 from udfs.mixing import manifold_precision_recall
@@ -29,19 +32,24 @@ from udfs.mixing import manifold_precision_recall
 EVIDENCE_COLUMNS = ("exclusion_value", "exclusion_threshold", "exclusion_detail")
 
 
-def with_effective_origin(silver: DataFrame, mixture: MixtureConfig) -> DataFrame:
+def _detector(mixture: MixtureConfig, threshold: DetectorThreshold | None) -> DetectorThreshold:
+    return threshold if threshold is not None else fixed_detector_threshold(mixture)
+
+
+def with_effective_origin(silver: DataFrame, mixture: MixtureConfig,
+                          detector_threshold: DetectorThreshold | None = None) -> DataFrame:
     """``effective_origin`` and ``origin_decided_by``: the origin the mixture counts a document as.
 
     A document of undeclared origin whose watermark z-score reaches ``filters.watermark_z_threshold`` is
     synthetic (a one-sided hypothesis test: the text was generated with this lake's watermark key);
-    then one not declared synthetic whose detector probability reaches ``max_synthetic_probability``."""
+    then one not declared synthetic whose detector probability reaches ``detector_threshold``."""
     f = mixture.filters
+    detector = _detector(mixture, detector_threshold)
     by_watermark = F.lit(False)
     if f.watermark_z_threshold is not None:
         by_watermark = (F.col("origin") == "unknown") & F.coalesce(
             F.col("watermark_z") >= f.watermark_z_threshold, F.lit(False))
-    bar = f.max_synthetic_probability
-    detected = (F.col("synthetic_probability") >= bar) if bar < 1.0 else F.lit(False)
+    detected = (F.col("synthetic_probability") >= detector.value) if detector.decides else F.lit(False)
     by_detector = (F.col("origin") != "synthetic") & ~by_watermark & detected
     return silver.withColumns({
         "effective_origin": F.when(by_watermark | by_detector, F.lit("synthetic")).otherwise(F.col("origin")),
@@ -98,9 +106,11 @@ def _rule_fails(rule, threshold) -> Column:
     return F.when(value.isNull() | F.isnan(value.cast("double")), F.lit(False)).otherwise(compare)
 
 
-def document_exclusions(mixture: MixtureConfig, columns: list[str]) -> list[Exclusion]:
+def document_exclusions(mixture: MixtureConfig, columns: list[str],
+                        detector_threshold: DetectorThreshold | None = None) -> list[Exclusion]:
     """The per-document checks in the order they are reported; a document gets the first it fails."""
     f = mixture.filters
+    detector = _detector(mixture, detector_threshold)
     checks: list[Exclusion] = []
     if f.exclude_duplicates:
         checks += [Exclusion(reason, F.col(column).isNotNull(), detail=F.col(column)) for reason, column in
@@ -136,14 +146,14 @@ def document_exclusions(mixture: MixtureConfig, columns: list[str]) -> list[Excl
     checks.append(Exclusion("synthetic_not_vetted", unvetted,
                             value=F.when(by_detector, F.col("synthetic_probability")) if "synthetic_probability"
                             in columns else None,
-                            threshold=F.when(by_detector, F.lit(f.max_synthetic_probability)),
+                            threshold=F.when(by_detector, F.lit(detector.value)),
                             detail=F.col("origin_decided_by")))
     checks.append(Exclusion("group_without_weight", ~F.col(mixture.group_by).isin(list(mixture.weights)),
                             detail=F.col(mixture.group_by)))
     return checks
 
 
-def required_columns(mixture: MixtureConfig) -> list[str]:
+def required_columns(mixture: MixtureConfig, detector_threshold: DetectorThreshold | None = None) -> list[str]:
     needed = ["doc_id", "text", "origin", "provenance_method", "pre_ai_archive", "source", mixture.group_by,
               "n_tokens", "n_words", "alpha_ratio", "duplicate_line_fraction"]
     f = mixture.filters
@@ -152,7 +162,7 @@ def required_columns(mixture: MixtureConfig) -> list[str]:
     if f.quality_rules:
         thresholds = QualityThresholds.from_mapping(f.quality_thresholds)
         needed += sorted({r.signal for r in QUALITY_RULES if getattr(thresholds, r.threshold) is not None})
-    if f.max_synthetic_probability < 1.0:
+    if _detector(mixture, detector_threshold).decides:
         needed.append("synthetic_probability")
     if mixture.synthetic.vetted_sources:
         needed.append("embedding")
@@ -225,11 +235,15 @@ def max_reference_similarity(reference: np.ndarray) -> Column:
     return similarity(F.col("embedding"))
 
 
-def eligibility(silver: DataFrame, mixture: MixtureConfig) -> tuple[DataFrame, dict[str, dict]]:
+def eligibility(silver: DataFrame, mixture: MixtureConfig,
+                detector_threshold: DetectorThreshold | None = None) -> tuple[DataFrame, dict[str, dict]]:
     """Silver with ``exclusion_reason`` (null: eligible) and its evidence (:data:`EVIDENCE_COLUMNS`),
-    and the synthetic-source validation reports."""
-    tables.require_columns(silver, required_columns(mixture), "silver table (for this mixture)")
-    frame = apply_exclusions(with_effective_origin(silver, mixture), document_exclusions(mixture, silver.columns))
+    and the synthetic-source validation reports. ``detector_threshold``: the run's resolved bar
+    (:func:`~jobs.common.detector_registry.resolve_detector_threshold`); None: the mixture's fixed one."""
+    detector = _detector(mixture, detector_threshold)
+    tables.require_columns(silver, required_columns(mixture, detector), "silver table (for this mixture)")
+    frame = apply_exclusions(with_effective_origin(silver, mixture, detector),
+                             document_exclusions(mixture, silver.columns, detector))
     reports: dict[str, dict] = {}
     synthetic = F.col("exclusion_reason").isNull() & (F.col("effective_origin") == "synthetic")
     if mixture.synthetic.vetted_sources:

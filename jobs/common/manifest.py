@@ -1,5 +1,6 @@
 """A mixture's numbers: the per-cell aggregation of gold, the summary the `mixture` gate checks, and the
-manifest (inputs by table version, config hash, counts and breakdowns) written beside each publish."""
+manifest (inputs by table version, config hash, the detector threshold applied, counts and breakdowns)
+written beside each publish."""
 from __future__ import annotations
 
 import datetime as dt
@@ -12,6 +13,7 @@ from pyspark.sql import functions as F
 
 from jobs.common import storage, tables
 from jobs.common.config import Config, MixtureConfig, config_hash
+from jobs.common.detector_registry import DetectorThreshold
 from jobs.common.selection import epochs_allowed
 from jobs.common.tracking import RunLog
 
@@ -62,6 +64,7 @@ class Decisions:
     validation: dict[str, dict]  # per vetted synthetic source
     group_targets: dict[str, float]
     cell_targets: dict[tuple, float]
+    detector_threshold: DetectorThreshold  # the synthetic_probability bar eligibility applied
 
     def excluded(self) -> dict[str, int]:
         """Documents excluded, per reason."""
@@ -104,6 +107,7 @@ def build_manifest(mixture: MixtureConfig, gold: DataFrame, cells: list[dict[str
         "synthetic_share": summary["synthetic_share"], "excluded_by_reason": decisions.excluded(),
         "eligible_documents": sum(v["documents"] for v in available.values()),
         "synthetic_validation": decisions.validation,
+        "detector_threshold": decisions.detector_threshold.as_dict(),
         "group_by": mixture.group_by, "by_group": by_group, "by_source": breakdown("source"),
         "by_origin": by_origin, "by_cluster": by_cluster, "by_epoch": breakdown("epoch"),
         "gate_summary": {k: v for k, v in summary.items() if k != "weight_errors"},

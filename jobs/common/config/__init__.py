@@ -14,6 +14,7 @@ from jobs.common.config.docs import config_docs
 from jobs.common.config.hashing import OUTPUT_LOCATION, config_hash
 from jobs.common.config.loading import load_config, parse_override
 from jobs.common.config.mixture import (
+    FPR_TARGETS,
     ExportConfig,
     MixtureConfig,
     MixtureFilters,
@@ -47,10 +48,10 @@ from jobs.common.config.settings import (
 )
 
 __all__ = [
-    "DOCUMENT_FIELDS", "ORIGINS", "OUTPUT_LOCATION", "ClustersConfig", "Config", "DedupConfig", "DetectConfig",
-    "EmbeddingsConfig", "ExportConfig", "GatesConfig", "IngestConfig", "LakeConfig", "MixtureConfig",
-    "MixtureFilters", "Model", "NearDupConfig", "ProvenanceConfig", "QualityConfig", "RejectionSampling",
-    "ReportConfig", "SampleConfig", "SourceConfig", "SparkConfig", "SyntheticConfig", "SyntheticValidation",
-    "TablesConfig", "TokenizerConfig", "TrackingConfig", "config_docs", "config_hash", "load_config",
-    "load_mixture", "parse_override",
+    "DOCUMENT_FIELDS", "FPR_TARGETS", "ORIGINS", "OUTPUT_LOCATION", "ClustersConfig", "Config", "DedupConfig",
+    "DetectConfig", "EmbeddingsConfig", "ExportConfig", "GatesConfig", "IngestConfig", "LakeConfig",
+    "MixtureConfig", "MixtureFilters", "Model", "NearDupConfig", "ProvenanceConfig", "QualityConfig",
+    "RejectionSampling", "ReportConfig", "SampleConfig", "SourceConfig", "SparkConfig", "SyntheticConfig",
+    "SyntheticValidation", "TablesConfig", "TokenizerConfig", "TrackingConfig", "config_docs", "config_hash",
+    "load_config", "load_mixture", "parse_override",
 ]

@@ -14,6 +14,11 @@ from jobs.common.config.loading import format_validation_error, read_yaml
 from jobs.common.config.settings import Model
 from jobs.common.errors import ConfigError
 
+# False-positive rates on the detector's human reference whose thresholds every registered detector version
+# carries (model-version tag `fpr_thresholds`, jobs/common/detector_registry.py): the values
+# `filters.detector_target_fpr` may take.
+FPR_TARGETS = (0.005, 0.01, 0.02, 0.05, 0.1)
+
 
 class MixtureFilters(Model):
     """Which silver documents a mixture may use. Every exclusion is counted under its reason."""
@@ -33,14 +38,29 @@ class MixtureFilters(Model):
     quality_thresholds: dict[str, float | bool | None] = Field(
         default_factory=dict, description="Overrides of the rule thresholds (names in docs/quality.md); null "
         "turns a rule off.")
-    max_synthetic_probability: float = Field(
-        1.0, ge=0, le=1, description="A document not declared synthetic whose `synthetic_probability` reaches this "
-        "is treated as synthetic (origin decided by `detector`): it counts against the synthetic cap and "
-        "must come from a vetted source. 1.0 turns the detector decision off.")
+    max_synthetic_probability: float | None = Field(
+        None, ge=0, le=1, description="A fixed detector threshold: a document not declared synthetic whose "
+        "`synthetic_probability` reaches this is treated as synthetic (origin decided by `detector`): it counts "
+        "against the synthetic cap and must come from a vetted source. 1.0 turns the detector decision off. "
+        "Null: the threshold comes from `detector_target_fpr`; set, it overrides that.")
+    detector_target_fpr: float = Field(
+        0.01, description="Used when `max_synthetic_probability` is null: the threshold is the one at which "
+        "this share of the detector's human reference (held-out scores of human training texts) is called "
+        "synthetic, read from the registered champion (model-version tag `fpr_thresholds`, written by the "
+        "detect step). One of " + ", ".join(map(str, FPR_TARGETS)) + ". The manifest records the value "
+        "applied (`detector_threshold`).")
     watermark_z_threshold: float | None = Field(
         4.0, gt=0, description="A document of undeclared origin whose `watermark_z` (detect step) reaches this "
         "is treated as synthetic (origin decided by `watermark`); excluded with the reason `watermark` unless "
         "its source is vetted. 4.0 is a one-sided p of about 3e-5; null turns the test off.")
+
+    @field_validator("detector_target_fpr")
+    @classmethod
+    def _known_target(cls, value: float) -> float:
+        if value not in FPR_TARGETS:
+            raise ValueError(f"must be one of {', '.join(map(str, FPR_TARGETS))} (the false-positive rates whose "
+                             "thresholds each registered detector carries)")
+        return value
 
     @field_validator("quality_thresholds")
     @classmethod
