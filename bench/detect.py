@@ -35,7 +35,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bench.minhash_core import m4_texts
-from udfs.classifier import SCORE_COLUMNS, cross_domain_evaluation, in_domain_evaluation, train_detector
+from udfs.classifier import (
+    SCORE_COLUMNS,
+    cross_domain_evaluation,
+    in_domain_evaluation,
+    leave_one_domain_out_evaluation,
+    train_detector,
+)
 from udfs.detectors import COMPRESSION_WINDOW_BYTES, prepare_texts, text_signals, zero_shot_signals
 from udfs.ngram_lm import lm_signals
 from udfs.tokenizer import train_tokenizer
@@ -231,6 +237,47 @@ def _detection_quality() -> dict[str, Any]:
     return quality
 
 
+def _leave_one_domain_out() -> dict[str, Any]:
+    """Leave-one-domain-out evaluation over every labelled domain that ships (udfs.classifier), and what the
+    production procedure (every domain, leave-one-domain-out calibration) chooses and sets."""
+    texts, labels, domains = [], [], []
+    for name in ("wikipedia", "wikihow"):
+        human, machine = read_m4_pairs(name)
+        texts += [*human, *machine]
+        labels += [0] * len(human) + [1] * len(machine)
+        domains += [name] * (len(human) + len(machine))
+    folds = leave_one_domain_out_evaluation(texts, labels, domains)
+    table = {domain: {"trained_on": fold["trained_on"], "calibration": fold["calibration"],
+                      "stacked": fold["stacked"], "best_input": fold["best_input"],
+                      "best_input_auroc": round(fold["best_input_auroc"], 4),
+                      "combination_at_least_best_input": fold["combination_at_least_best_input"],
+                      "synthetic_probability_ece": round(fold["metrics"]["synthetic_probability/ece"], 4),
+                      "columns": {column: {metric: round(fold["metrics"][f"{column}/{metric}"], 4)
+                                           for metric in ("auroc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct")}
+                                  for column in SCORE_COLUMNS}}
+             for domain, fold in folds.items()}
+    human = [t for t, label in zip(texts, labels, strict=True) if label == 0]
+    final = train_detector(texts, labels, train_tokenizer(prepare_texts(human), vocab_size=8000), domains=domains)
+    return {"folds": table,
+            "combination_at_least_best_input_on_every_fold": all(f["combination_at_least_best_input"]
+                                                                 for f in table.values()),
+            "all_domains": {**final.training_summary,
+                            "stacked": list(final.params.stack_signals),
+                            "thresholds_at_fpr": {str(rate): round(final.threshold_at_fpr(rate), 4)
+                                                  for rate in (0.01, 0.05)}}}
+
+
+def lodo_table(lodo: Mapping[str, Any]) -> str:
+    """Markdown table: AUROC / TPR@1%FPR per score column and left-out domain."""
+    folds = lodo["folds"]
+    lines = ["| detector | " + " | ".join(f"left out: {d}" for d in folds) + " |", "|---|" + "---|" * len(folds)]
+    for column in SCORE_COLUMNS:
+        cells = [f"{fold['columns'][column]['auroc']:.3f} / {fold['columns'][column]['tpr_at_fpr_1pct']:.2f}"
+                 for fold in folds.values()]
+        lines.append(f"| `{column}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def quality_table(quality: Mapping[str, Any]) -> str:
     """Markdown table: AUROC / TPR@1%FPR / TPR@5%FPR per score column and setting."""
     settings = list(quality)
@@ -243,12 +290,33 @@ def quality_table(quality: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _quality(results: dict[str, Any]) -> None:
+    began = time.perf_counter()
+    results["detection_quality"] = _detection_quality()
+    results["leave_one_domain_out"] = _leave_one_domain_out()
+    results["detection_quality_seconds"] = round(time.perf_counter() - began, 1)
+    print("\ndetection quality, AUROC / TPR@1%FPR / TPR@5%FPR (machine = positive)")
+    print(quality_table(results["detection_quality"]))
+    print("\nleave-one-domain-out, AUROC / TPR@1%FPR")
+    print(lodo_table(results["leave_one_domain_out"]))
+    verdict = results["leave_one_domain_out"]["combination_at_least_best_input_on_every_fold"]
+    print(f"combination at least as good as its best input on every left-out domain: {verdict}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.detect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=4000, help="documents scored per measurement (default 4000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; the best is reported")
     parser.add_argument("--skip-quality", action="store_true", help="throughput only (no AUROC evaluation)")
+    parser.add_argument("--quality-only", action="store_true",
+                        help="detection quality only, merged into the existing results file (no throughput)")
     args = parser.parse_args(argv)
+    if args.quality_only:
+        results = json.loads(RESULTS_PATH.read_text(encoding="utf-8")) if RESULTS_PATH.exists() else {}
+        _quality(results)
+        RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwritten to {RESULTS_PATH.relative_to(REPO_ROOT)}")
+        return
 
     machine = machine_info()
     texts = m4_documents(args.docs)
@@ -304,11 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{machine['cpus']} cpus")
     print(throughput_table(throughput, "zlib_ratio_loop"))
     if not args.skip_quality:
-        began = time.perf_counter()
-        results["detection_quality"] = _detection_quality()
-        results["detection_quality_seconds"] = round(time.perf_counter() - began, 1)
-        print("\ndetection quality, AUROC / TPR@1%FPR / TPR@5%FPR (machine = positive)")
-        print(quality_table(results["detection_quality"]))
+        _quality(results)
     results["machine"]["load_average_at_end"] = [round(value, 2) for value in os.getloadavg()]
     RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
     RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -71,7 +71,9 @@ def train_detector_command(config_files: tuple[str, ...], overrides: tuple[str, 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def eval_detector_command(config_files: tuple[str, ...], overrides: tuple[str, ...], inputs: tuple[str, ...],
                           as_json: bool) -> None:
-    """Measure the registered detector on labelled files: AUROC and TPR at 1 % and 5 % FPR per detector.
+    """Measure the registered detector on labelled files: AUROC and TPR at 1 % and 5 % FPR per detector,
+    the combination's calibration (ECE, Brier), overall, per domain and per generator; warns where the
+    combination does worse than its best single input.
 
     Never trains on the inputs: texts the detector was trained on are left out and counted. Trains the
     detector first (as train-detector) when none is registered.
@@ -85,15 +87,45 @@ def eval_detector_command(config_files: tuple[str, ...], overrides: tuple[str, .
         if as_json:
             click.echo(json.dumps(result))
             return
-        click.echo(f"{result['model']}: {result['n_human']} human, {result['n_machine']} machine texts "
-                   f"({result['excluded_training_texts']} training texts left out)")
-        click.echo(f"{'detector':<24}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}")
-        for name, metrics in result.items():
-            if isinstance(metrics, dict):
-                click.echo(f"{name:<24}{metrics['auroc']:>8.3f}{metrics['tpr_at_fpr_1pct']:>9.3f}"
-                           f"{metrics['tpr_at_fpr_5pct']:>9.3f}")
+        click.echo(format_evaluation(result))
 
     run_guarded(action)
+
+
+def format_evaluation(result: dict) -> str:
+    """The table of ``cleanwell eval-detector``: every detector overall, then the combination and its best
+    input per domain and per generator, then one warning line wherever the combination is worse."""
+    from udfs.classifier import SCORE_COLUMNS
+
+    combined = result["synthetic_probability"]
+    lines = [f"{result['model']}: {result['n_human']} human, {result['n_machine']} machine texts "
+             f"({result['excluded_training_texts']} training texts left out)",
+             f"{'detector':<24}{'AUROC':>8}{'TPR@1%':>9}{'TPR@5%':>9}"]
+    lines += [f"{name:<24}{result[name]['auroc']:>8.3f}{result[name]['tpr_at_fpr_1pct']:>9.3f}"
+              f"{result[name]['tpr_at_fpr_5pct']:>9.3f}" for name in SCORE_COLUMNS]
+    lines.append(f"synthetic_probability: ECE {combined['ece']:.3f}, Brier {combined['brier']:.3f}; "
+                 f"best single input: {result['best_input']}")
+    scopes = [("overall", result)]
+    for group, title in (("by_domain", "domain"), ("by_generator", "generator (vs all human texts)")):
+        reports = result[group]
+        if not reports:
+            continue
+        width = max(len(title), *map(len, reports)) + 2
+        lines += ["", f"{title:<{width}}{'human':>7}{'machine':>8}{'combined AUROC':>16}{'TPR@1%':>8}   "
+                      f"{'best input':<20}{'AUROC':>7}{'TPR@1%':>8}"]
+        for name, report in reports.items():
+            best = report[report["best_input"]]
+            lines.append(f"{name:<{width}}{report['n_human']:>7}{report['n_machine']:>8}"
+                         f"{report['synthetic_probability']['auroc']:>16.3f}"
+                         f"{report['synthetic_probability']['tpr_at_fpr_1pct']:>8.3f}   "
+                         f"{report['best_input']:<20}{best['auroc']:>7.3f}{best['tpr_at_fpr_1pct']:>8.3f}")
+            scopes.append((f"{title.split()[0]} {name}", report))
+    notes = [f"domain {domain} not evaluated: {counts['n_human']} human, {counts['n_machine']} machine texts "
+             "(needs both)" for domain, counts in result["domains_not_evaluated"].items()]
+    notes += [f"WARNING: synthetic_probability is worse than its best input {report['best_input']} ({scope}): "
+              f"AUROC {report['synthetic_probability']['auroc']:.3f} < {report[report['best_input']]['auroc']:.3f}"
+              for scope, report in scopes if report["combination_worse_than_best_input"]]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def main(argv: list[str] | None = None) -> None:

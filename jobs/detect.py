@@ -19,7 +19,9 @@ effect at the next sample without rescoring (jobs/common/eligibility.py).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -29,8 +31,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
 from jobs.common import gates, storage, tables, tokenizer_model
-from jobs.common.config import Config
+from jobs.common.config import FPR_TARGETS, Config
 from jobs.common.detector_model import SPARK_RESULT_TYPE, load_detector_bundle
+from jobs.common.detector_registry import FPR_THRESHOLDS_TAG, current_champion
 from jobs.common.errors import InputError
 from jobs.common.runner import Step, job_main
 from jobs.common.tokenizer_model import load_tokenizer
@@ -40,6 +43,7 @@ from udfs.classifier import (
     DetectorBundle,
     DetectorParams,
     DetectorTrainingError,
+    detection_report,
     evaluate,
     train_detector,
 )
@@ -60,14 +64,34 @@ HELD_BACK_MAX_PER_LABEL = 2000  # bounds the scoring on the driver; the first on
 DECISION_METRIC = "synthetic_probability/auroc"
 
 
-def read_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(human texts, machine texts) from M4-format JSONL files, normalised as ingest normalises."""
-    human, machine = [], []
+@dataclass(frozen=True)
+class LabelledText:
+    """One labelled text of an M4-format file: ``label`` 1 for machine, its domain and generator."""
+
+    text: str
+    label: int
+    domain: str
+    generator: str | None
+
+
+def domain_name(value: str | None, fallback: str) -> str:
+    """A domain label: lowercased, cut at the first ``-`` or ``.`` (M4 writes ``wikipedia-20220301.en``,
+    the demo's sources ``wikipedia``, so both name one domain); ``fallback`` when empty."""
+    name = re.split(r"[-.]", (value or "").strip().lower(), maxsplit=1)[0]
+    return name or fallback
+
+
+def read_labelled(paths: list[str]) -> list[LabelledText]:
+    """Every text of M4-format JSONL files (``human_text`` and ``machine_text`` per line), normalised as
+    ingest normalises. The domain is the record's ``source`` (else the file's name up to ``_``), the
+    generator its ``model`` (machine texts only)."""
+    labelled = []
     for path in paths:
         try:
             lines = storage.read_text(path).split("\n")  # not splitlines(): U+2028 is valid inside JSON
         except FileNotFoundError:
             raise InputError(f"M4-format file not found: {path}") from None
+        file_domain = domain_name(PurePosixPath(path).name.split("_")[0], "unknown")
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -75,10 +99,22 @@ def read_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path} line {number} is not JSON: {exc}") from None
-            for key, bucket in (("human_text", human), ("machine_text", machine)):
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {number} is not a JSON object")
+            domain = domain_name(record.get("source") if isinstance(record.get("source"), str) else None,
+                                 file_domain)
+            model = record.get("model") if isinstance(record.get("model"), str) else None
+            for key, label in (("human_text", 0), ("machine_text", 1)):
                 if isinstance(record.get(key), str) and record[key].strip():
-                    bucket.append(normalize_text(record[key]))
-    return human, machine
+                    labelled.append(LabelledText(normalize_text(record[key]), label, domain,
+                                                 model if label else None))
+    return labelled
+
+
+def read_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
+    """(human texts, machine texts) of M4-format files (see :func:`read_labelled`)."""
+    labelled = read_labelled(paths)
+    return [t.text for t in labelled if t.label == 0], [t.text for t in labelled if t.label == 1]
 
 
 def is_held_back(text: str) -> bool:
@@ -86,59 +122,69 @@ def is_held_back(text: str) -> bool:
 
 
 def declared_sample(silver: DataFrame, per_label: int, pair_texts: int) -> pd.DataFrame:
-    """(text, origin) of the declared-origin silver documents training can use, in training order
+    """(text, origin, domain) of the declared-origin silver documents training can use, in training order
     (hash of doc_id), capped in Spark: per label, the first ``per_label`` outside the held-back fifth and
     the first HELD_BACK_MAX_PER_LABEL inside it, plus ``pair_texts`` of each (as many as the configured
     pairs could remove as duplicates or conflicts), so the driver receives a bounded sample and
     :func:`training_set` takes exactly the texts it would take from the whole table. A silver doc_id is
-    the content hash of its text, so :func:`is_held_back` is computed from it here."""
+    the content hash of its text, so :func:`is_held_back` is computed from it here. The domain is the
+    document's ``domain``, else its source's name."""
     is_declared = (F.col("provenance_method") == "declared") & F.col("origin").isin("human", "synthetic")
     order = [F.xxhash64("doc_id"), F.col("doc_id")]
     held = (F.conv(F.substring("doc_id", 1, 8), 16, 10).cast("long") % HELD_BACK_BUCKETS) == 0
     rank = F.row_number().over(Window.partitionBy("origin", "_held").orderBy(*order))
     cap = F.when(F.col("_held"), F.lit(HELD_BACK_MAX_PER_LABEL)).otherwise(F.lit(per_label)) + pair_texts
-    return (silver.where(is_declared).select("doc_id", "text", "origin").withColumn("_held", held)
+    domain = F.coalesce(F.col("domain"), F.col("source")).alias("domain")
+    return (silver.where(is_declared).select("doc_id", "text", "origin", domain).withColumn("_held", held)
             .withColumn("_rank", rank).where(F.col("_rank") <= cap)
-            .orderBy(*order).select("text", "origin").toPandas())
+            .orderBy(*order).select("text", "origin", "domain").toPandas())
 
 
 @dataclass(frozen=True)
 class LabelledData:
-    """Training texts and labels (1 = machine), and the held-back texts no detector trains on."""
+    """Training texts, labels (1 = machine) and domains, and the held-back texts no detector trains on."""
 
     texts: list[str]
     labels: list[int]
     held_back_human: list[str]
     held_back_machine: list[str]
+    domains: list[str] | None = None
 
 
 def training_set(cfg: Config, silver: DataFrame | None = None) -> LabelledData:
-    """Labelled texts: configured pairs, plus declared-origin silver documents, without duplicate texts;
-    the held-back fifth set aside, the rest capped at ``max_training_documents`` (half per label,
-    deterministic)."""
-    human, machine = read_pairs(cfg.detect.training_files)
+    """Labelled texts: configured pairs, plus declared-origin silver documents, without duplicate texts
+    (a text keeps the domain of its first occurrence, the pairs' first); the held-back fifth set aside,
+    the rest capped at ``max_training_documents`` (half per label, deterministic)."""
+    labelled = read_labelled(cfg.detect.training_files)
     per_label = cfg.detect.max_training_documents // 2
     if silver is not None and cfg.detect.use_declared_origin:
-        declared = declared_sample(silver, per_label, len(human) + len(machine))
-        human += declared.loc[declared["origin"] == "human", "text"].tolist()
-        machine += declared.loc[declared["origin"] == "synthetic", "text"].tolist()
-    human, machine = list(dict.fromkeys(human)), list(dict.fromkeys(machine))
-    overlap = set(human) & set(machine)
-    human = [t for t in human if t not in overlap]
-    machine = [t for t in machine if t not in overlap]
+        declared = declared_sample(silver, per_label, len(labelled))
+        labelled += [LabelledText(row.text, int(row.origin == "synthetic"), domain_name(row.domain, "unknown"), None)
+                     for row in declared.itertuples(index=False)]
+    human: dict[str, str] = {}
+    machine: dict[str, str] = {}
+    for item in labelled:
+        (machine if item.label else human).setdefault(item.text, item.domain)
+    overlap = human.keys() & machine.keys()
+    human = {t: d for t, d in human.items() if t not in overlap}
+    machine = {t: d for t, d in machine.items() if t not in overlap}
     held_human = [t for t in human if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
     held_machine = [t for t in machine if is_held_back(t)][:HELD_BACK_MAX_PER_LABEL]
-    human = [t for t in human if not is_held_back(t)][:per_label]
-    machine = [t for t in machine if not is_held_back(t)][:per_label]
-    if len(human) < 5 or len(machine) < 5:
-        raise InputError(f"too little labelled data to train the detector: {len(human)} human, {len(machine)} "
-                         "machine texts; add detect.training_files or documents of declared origin")
+    train_human = [t for t in human if not is_held_back(t)][:per_label]
+    train_machine = [t for t in machine if not is_held_back(t)][:per_label]
+    if len(train_human) < 5 or len(train_machine) < 5:
+        raise InputError(f"too little labelled data to train the detector: {len(train_human)} human, "
+                         f"{len(train_machine)} machine texts; add detect.training_files or documents of "
+                         "declared origin")
     if min(len(held_human), len(held_machine)) < HELD_BACK_MIN_PER_LABEL:
         raise InputError(f"too little labelled data to hold back an evaluation set: {len(held_human)} human and "
                          f"{len(held_machine)} machine texts fall in the held-back fifth (at least "
                          f"{HELD_BACK_MIN_PER_LABEL} of each are needed); add detect.training_files or documents "
                          "of declared origin")
-    return LabelledData(human + machine, [0] * len(human) + [1] * len(machine), held_human, held_machine)
+    domain_of = {**human, **machine}
+    texts = train_human + train_machine
+    return LabelledData(texts, [0] * len(train_human) + [1] * len(train_machine), held_human, held_machine,
+                        [domain_of[t] for t in texts])
 
 
 def _training_hashes(run_id: str) -> set[str]:
@@ -146,18 +192,6 @@ def _training_hashes(run_id: str) -> set[str]:
     import mlflow
 
     return set(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_HASHES}")["content_hashes"])
-
-
-def current_champion(cfg: Config):
-    """The model version the alias points at, or None when the model or the alias does not exist yet."""
-    import mlflow
-
-    try:
-        return mlflow.MlflowClient().get_model_version_by_alias(cfg.detect.registered_model, cfg.detect.alias)
-    except mlflow.exceptions.MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return None
-        raise
 
 
 def _held_back_metrics(bundle: DetectorBundle, human: list[str], machine: list[str]) -> dict[str, float]:
@@ -185,6 +219,9 @@ def compare_with_champion(cfg: Config, candidate: DetectorBundle, data: Labelled
         return comparison
     if comparison["candidate"] is None:
         comparison.update(moves=True, reason=f"version {champion.version} was trained on the held-back texts")
+        return comparison
+    if FPR_THRESHOLDS_TAG not in (champion.tags or {}):  # registered before thresholds: mixtures cannot use it
+        comparison.update(moves=True, reason=f"version {champion.version} carries no false-positive-rate thresholds")
         return comparison
     try:
         bundle = load_detector_bundle(f"models:/{cfg.detect.registered_model}/{champion.version}")
@@ -220,7 +257,8 @@ def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, 
 
     from jobs.common.detector_model import log_detector_model
 
-    bundle = train_detector(data.texts, data.labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed))
+    bundle = train_detector(data.texts, data.labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed),
+                            domains=data.domains)
     comparison = compare_with_champion(cfg, bundle, data)
     info = log_detector_model(bundle, registered_model_name=cfg.detect.registered_model)
     # Hashes of the training texts travel with the model, so evaluation can refuse to score them.
@@ -236,10 +274,24 @@ def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, 
     if comparison["candidate"] is not None:
         client.set_model_version_tag(name, str(version), "held_back_auroc", f"{comparison['candidate']['auroc']:.4f}")
     client.set_model_version_tag(name, str(version), "alias_decision", comparison["decision"])
+    # The sampling job reads these to turn a target false-positive rate into a threshold (eligibility).
+    client.set_model_version_tag(name, str(version), FPR_THRESHOLDS_TAG, json.dumps(fpr_thresholds(bundle)))
+    summary = bundle.training_summary
+    log.params({"detector.calibration": summary["calibration"],
+                "detector.calibration_domains": ",".join(summary["calibration_domains"]) or "none"})
+    for domain, aurocs in summary["domain_auroc"].items():
+        for column, value in aurocs.items():
+            log.metric(f"left_out.{domain}.{column}.auroc", value)
     log.metric("training_documents", len(data.texts))
     log.metric("training_machine_share", float(np.mean(data.labels)))
     _log_comparison(log, comparison)
     return comparison
+
+
+def fpr_thresholds(bundle: DetectorBundle) -> dict[str, float]:
+    """``synthetic_probability`` thresholds at the false-positive rates of :data:`FPR_TARGETS` on the
+    detector's human reference (keys as strings: ``"0.01"``)."""
+    return {str(rate): bundle.threshold_at_fpr(rate) for rate in FPR_TARGETS}
 
 
 def model_uri(cfg: Config) -> str:
@@ -320,29 +372,48 @@ def train_standalone(cfg: Config) -> str:
 
 def evaluate_files(cfg: Config, paths: list[str]) -> dict[str, Any]:
     """Score M4-format files with the registered detector (training it first from the configured
-    training data if none is registered) and measure each detector and the combination. Texts the
-    detector was trained on are left out and counted, so the numbers are never in-sample."""
+    training data if none is registered) and measure each detector and the combination
+    (:func:`udfs.classifier.detection_report`: AUROC, TPR at 1 % and 5 % FPR, the combination's Brier
+    score and ECE, its best single input and whether the combination does worse than it). Texts the
+    detector was trained on are left out and counted, so the numbers are never in-sample.
+
+    Besides the overall numbers: ``by_domain``, the same report for each domain (:func:`read_labelled`)
+    that has human and machine texts, on its own texts (``domains_not_evaluated`` counts the others);
+    ``by_generator``, for each named generator, its machine texts against *all* human texts: M4 names a
+    generator for machine texts only, so there are no human texts of a generator to compare with."""
     configure(cfg)
     version = current_champion(cfg)
     if version is None:
         train_standalone(cfg)
         version = current_champion(cfg)
     trained_on = _training_hashes(version.run_id)
-    human, machine = read_pairs(paths)
-    kept_human = [t for t in human if content_hash(t) not in trained_on]
-    kept_machine = [t for t in machine if content_hash(t) not in trained_on]
-    if not kept_human or not kept_machine:
-        raise InputError(f"nothing to evaluate: {len(human)} human and {len(machine)} machine texts, of which "
-                         f"{len(human) - len(kept_human) + len(machine) - len(kept_machine)} were training data")
-    flat = evaluate(load_detector(cfg), kept_human, kept_machine)
-    result: dict[str, Any] = {"n_human": flat.pop("n_human"), "n_machine": flat.pop("n_machine"),
-                              "excluded_training_texts": len(human) + len(machine) - len(kept_human)
-                              - len(kept_machine),
-                              "model": f"{cfg.detect.registered_model} version {version.version}"}
-    for key, value in flat.items():
-        detector, _, metric = key.partition("/")
-        if metric in ("auroc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct"):
-            result.setdefault(detector, {})[metric] = value
+    labelled = read_labelled(paths)
+    kept = [t for t in labelled if content_hash(t.text) not in trained_on]
+    labels = np.array([t.label for t in kept], dtype=np.int64)
+    if not np.any(labels == 0) or not np.any(labels == 1):
+        n_human = sum(t.label == 0 for t in labelled)
+        raise InputError(f"nothing to evaluate: {n_human} human and {len(labelled) - n_human} machine texts, of "
+                         f"which {len(labelled) - len(kept)} were training data")
+    bundle = load_detector(cfg)
+    oriented = bundle.oriented(bundle.score([t.text for t in kept]))
+    overall = detection_report(labels, oriented)
+    result: dict[str, Any] = {"n_human": overall.pop("n_human"), "n_machine": overall.pop("n_machine"),
+                              "excluded_training_texts": len(labelled) - len(kept),
+                              "model": f"{cfg.detect.registered_model} version {version.version}", **overall}
+    domains = np.array([t.domain for t in kept], dtype=object)
+    result["by_domain"], result["domains_not_evaluated"] = {}, {}
+    for domain in sorted(set(domains.tolist())):
+        rows = domains == domain
+        n_human, n_machine = int(np.sum(labels[rows] == 0)), int(np.sum(labels[rows] == 1))
+        if n_human and n_machine:
+            result["by_domain"][domain] = detection_report(labels[rows], oriented.loc[rows])
+        else:
+            result["domains_not_evaluated"][domain] = {"n_human": n_human, "n_machine": n_machine}
+    generators = np.array([t.generator for t in kept], dtype=object)
+    result["by_generator"] = {}
+    for generator in sorted({t.generator for t in kept if t.generator is not None}):
+        rows = (labels == 0) | (generators == generator)
+        result["by_generator"][generator] = detection_report(labels[rows], oriented.loc[rows])
     return result
 
 

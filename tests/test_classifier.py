@@ -53,7 +53,7 @@ def test_detector_trained_on_wikipedia_ranks_wikihow_machine_text_above_human(
 
 
 def test_evaluation_reports_every_documented_key_with_values_in_range(wikihow_metrics: dict[str, float]) -> None:
-    expected_keys = {"n_human", "n_machine", "synthetic_probability/brier"} | {
+    expected_keys = {"n_human", "n_machine", "synthetic_probability/brier", "synthetic_probability/ece"} | {
         f"{column}/{metric}" for column in SCORE_COLUMNS
         for metric in ("auroc", "tpr_at_fpr_1pct", "tpr_at_fpr_5pct")}
     assert set(wikihow_metrics) == expected_keys
@@ -63,6 +63,7 @@ def test_evaluation_reports_every_documented_key_with_values_in_range(wikihow_me
         assert 0.0 <= one <= five <= 1.0
         assert 0.0 <= wikihow_metrics[f"{column}/auroc"] <= 1.0
     assert 0.0 <= wikihow_metrics["synthetic_probability/brier"] < 0.25   # better than always saying 0.5
+    assert 0.0 <= wikihow_metrics["synthetic_probability/ece"] <= 1.0
 
 
 def test_orientation_is_learned_from_training_labels(bundle: DetectorBundle) -> None:

@@ -8,12 +8,17 @@ jobs/common/detector_model.py wraps it for MLflow (this module knows no MLflow).
 
 How the combination is trained (so that nothing is scored on data it was fitted on):
 
-1. The training set is split into stratified folds. For each fold, the reference language model
-   (when none is given) and the classifier are fitted on the other folds and score the fold:
-   every training document gets an out-of-fold classifier score and out-of-fold LM signals.
-2. The stacker, a logistic regression over [classifier logit, zero-shot signals], is fitted on
-   those out-of-fold values; its output is the calibrated ``synthetic_probability``.
-3. The final classifier and LM are refitted on all training documents.
+1. Every training document gets a classifier score from a classifier that never saw it: with two or
+   more labelled domains (``domains=``), from one trained on the *other domains* (leave-one-domain-out),
+   else from one trained on the other stratified folds. The reference LM (when none is given) is
+   cross-fitted over the folds likewise.
+2. The stacker, a logistic regression over [classifier logit, zero-shot signals], is fitted on those
+   held-out values, so its output ``synthetic_probability`` is calibrated the way the classifier will be
+   met on new text: out of domain when domains are given. Only signals whose weight points the way the
+   signal alone points are kept (a monotone combination; the rest are dropped one by one).
+3. The human texts' held-out probabilities are the *human reference*: a target false-positive rate
+   turns into a threshold on it (:meth:`DetectorBundle.threshold_at_fpr`).
+4. The final classifier and LM are refitted on all training documents.
 
 This module scores; it never decides. Thresholds on ``synthetic_probability`` live in ``conf/``.
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -47,6 +52,8 @@ from udfs.tokenizer import Tokenizer, train_tokenizer
 DETECTOR_COLUMNS = ("classifier_score", *ZERO_SHOT_SIGNALS)
 SCORE_COLUMNS = (*DETECTOR_COLUMNS, "synthetic_probability")
 _BUNDLE_FORMAT_VERSION = 1
+# A domain is left out for calibration only with at least this many texts of each label.
+MIN_DOMAIN_TEXTS_PER_LABEL = 5
 
 
 class DetectorTrainingError(ValueError):
@@ -133,6 +140,9 @@ class DetectorBundle:
     # +1 where a higher raw value went with machine text in the training data, -1 where lower did
     orientation: dict[str, float]
     training_summary: dict[str, Any] = field(default_factory=dict)
+    # ``synthetic_probability`` of the human training texts, each scored by a classifier that did not
+    # see it (its domain, or its fold), sorted: the reference for :meth:`threshold_at_fpr`.
+    human_reference_scores: np.ndarray | None = None
 
     def score(self, texts: Sequence[str]) -> pd.DataFrame:
         """One row per text, columns :data:`SCORE_COLUMNS`.
@@ -145,6 +155,13 @@ class DetectorBundle:
         counts = hashed_char_ngram_counts(prepared, self.params.char_ngram_range, self.params.hash_features)
         logit = self.classifier.logit(counts, _dense_features(prepared, signals, self.params))
         return _score_frame(logit, signals, self.stacker, self.params.stack_signals, self.signal_medians)
+
+    def threshold_at_fpr(self, target_fpr: float) -> float:
+        """The ``synthetic_probability`` threshold that calls at most ``target_fpr`` of the human reference
+        synthetic (:func:`threshold_at_fpr`)."""
+        if self.human_reference_scores is None:
+            raise DetectorTrainingError("this detector was trained before thresholds were stored; retrain it")
+        return threshold_at_fpr(self.human_reference_scores, target_fpr)
 
     def oriented(self, scores: pd.DataFrame) -> pd.DataFrame:
         """``scores`` with each column turned so that higher means more synthetic."""
@@ -265,14 +282,47 @@ def _rows(matrix: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
     return None if matrix is None else matrix[rows]
 
 
+def domain_folds(domains: Sequence[str] | None, labels: np.ndarray,
+                 min_per_label: int = MIN_DOMAIN_TEXTS_PER_LABEL) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Leave-one-domain-out folds: ``(domain, train_rows, held_out_rows)`` for every domain with at least
+    ``min_per_label`` texts of each label, when there are at least two such domains (else ``[]``). The
+    training rows of a fold are every row of another domain, one-label domains included (they train
+    but cannot be evaluated)."""
+    if domains is None:
+        return []
+    domains = np.asarray(domains, dtype=object)
+    if domains.size != labels.size:
+        raise DetectorTrainingError(f"{domains.size} domains but {labels.size} labels")
+    usable = [d for d in sorted(set(domains.tolist()))
+              if min(np.sum((domains == d) & (labels == 0)), np.sum((domains == d) & (labels == 1))) >= min_per_label]
+    if len(usable) < 2:
+        return []
+    return [(d, np.flatnonzero(domains != d), np.flatnonzero(domains == d)) for d in usable]
+
+
+def threshold_at_fpr(human_scores: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold ``t`` such that at most ``target_fpr`` of ``human_scores`` are ``>= t``
+    (a document scoring ``>= t`` is called synthetic). Above every score when the target allows none."""
+    if not 0 <= target_fpr < 1:
+        raise DetectorTrainingError(f"target false-positive rate must be in [0, 1), got {target_fpr}")
+    scores = np.sort(np.asarray(human_scores, dtype=float)[np.isfinite(human_scores)])[::-1]
+    if scores.size == 0:
+        raise DetectorTrainingError("no human reference scores to set a threshold from")
+    allowed = int(np.floor(target_fpr * scores.size + 1e-9))
+    return float(np.nextafter(scores[allowed], np.inf)) if allowed < scores.size else float(scores[-1])
+
+
 def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes: bytes, lm: NGramLM | None = None,
-                   params: DetectorParams | None = None) -> DetectorBundle:
+                   params: DetectorParams | None = None, domains: Sequence[str] | None = None) -> DetectorBundle:
     """Train the classifier and the calibrated combination on labelled ``texts``.
 
     ``labels``: 1 for machine-generated, 0 for human. ``tokenizer_bytes``: a model from
     :func:`udfs.tokenizer.train_tokenizer`. ``lm``: a human reference n-gram model (same tokenizer)
     that has *not* seen these texts; when None, one is trained here on the human texts, cross-fitted
-    so that each document's LM signals come from a model that never saw it.
+    so that each document's LM signals come from a model that never saw it. ``domains``: one label
+    per text (e.g. ``wikipedia``); with two or more domains that hold both labels, the stacker is
+    fitted on *out-of-domain* classifier scores (:func:`domain_folds`), so it weighs the classifier
+    by how well it transfers, not by how well it does on the domains it learned.
     """
     params = params or DetectorParams()
     y = np.asarray(labels, dtype=np.int64)
@@ -309,28 +359,93 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
 
     counts = hashed_char_ngram_counts(prepared, params.char_ngram_range, params.hash_features)
     dense = _dense_features(prepared, signals, params)
-    out_of_fold_logit = np.zeros(y.size)
-    for train_rows, held_out in folds:
+    by_domain = domain_folds(domains, y)
+    # Stacking rows and the classifier logit each of them gets from a classifier that never saw it:
+    # from one that never saw its domain when there are domains to leave out, else from one that never
+    # saw its fold. Rows of one-label domains train every fold's classifier but are not stacked.
+    stack_folds = [(train_rows, held_out) for _, train_rows, held_out in by_domain] or folds
+    stack_rows = np.sort(np.concatenate([held_out for _, held_out in stack_folds]))
+    held_out_logit = np.full(y.size, np.nan)
+    for train_rows, held_out in stack_folds:
         fold_classifier = _NgramClassifier.fit(counts[train_rows], _rows(dense, train_rows), y[train_rows], params)
-        out_of_fold_logit[held_out] = fold_classifier.logit(counts[held_out], _rows(dense, held_out))
+        held_out_logit[held_out] = fold_classifier.logit(counts[held_out], _rows(dense, held_out))
     classifier = _NgramClassifier.fit(counts, dense, y, params)
 
     signal_medians = {name: float(np.nanmedian(signals[name])) if np.isfinite(signals[name]).any() else 0.0
                       for name in ZERO_SHOT_SIGNALS}
-    stack = _stack_matrix(out_of_fold_logit, signals, params.stack_signals, signal_medians)
-    stacker = make_pipeline(StandardScaler(), LogisticRegression(C=params.stacker_c)).fit(stack, y)
+    stacked = {name: values[stack_rows] for name, values in signals.items()}
+    params = _monotone_stack_signals(held_out_logit[stack_rows], stacked, y[stack_rows], params, signal_medians)
+    stack = _stack_matrix(held_out_logit[stack_rows], stacked, params.stack_signals, signal_medians)
+    stacker = _fit_stacker(stack, y[stack_rows], params)
 
-    out_of_fold = _score_frame(out_of_fold_logit, signals, stacker, params.stack_signals, signal_medians)
-    orientation = {column: _orientation(y, out_of_fold[column].to_numpy()) for column in ZERO_SHOT_SIGNALS}
+    held_out_scores = _score_frame(held_out_logit[stack_rows], stacked, stacker, params.stack_signals, signal_medians)
+    stack_labels = y[stack_rows]
+    orientation = {column: _orientation(stack_labels, held_out_scores[column].to_numpy())
+                   for column in ZERO_SHOT_SIGNALS}
     orientation.update(classifier_score=1.0, synthetic_probability=1.0)
+    human_reference = held_out_scores["synthetic_probability"].to_numpy()[stack_labels == 0]
     summary = {
         "n_human": n_human,
         "n_machine": n_machine,
-        "out_of_fold_classifier_auroc": float(roc_auc_score(y, out_of_fold_logit)),
+        "calibration": "leave-one-domain-out" if by_domain else f"{params.n_folds}-fold",
+        "calibration_domains": [name for name, _, _ in by_domain],
+        "held_out_classifier_auroc": float(roc_auc_score(stack_labels, held_out_logit[stack_rows])),
         "stacker_coefficients": dict(zip(("classifier_logit", *params.stack_signals),
                                          stacker[-1].coef_[0].round(4).tolist(), strict=True)),
+        "domain_auroc": _domain_auroc(by_domain, y, held_out_logit, signals, orientation, params, signal_medians),
     }
-    return DetectorBundle(tokenizer, lm, params, classifier, signal_medians, stacker, orientation, summary)
+    return DetectorBundle(tokenizer, lm, params, classifier, signal_medians, stacker, orientation, summary,
+                          np.sort(human_reference))
+
+
+def _monotone_stack_signals(logit: np.ndarray, signals: dict[str, np.ndarray], labels: np.ndarray,
+                            params: DetectorParams, signal_medians: dict[str, float]) -> DetectorParams:
+    """``params`` with only the stack signals whose stacker weight has the sign of their own direction
+    (the sign their AUROC alone gives on the stacking rows), the classifier's included: a weight against a
+    signal's own direction exploits a correlation between inputs in the training domains, which need not
+    hold elsewhere. The most negative such signal is dropped and the stacker refitted until none is left;
+    the classifier logit is always kept."""
+    kept = list(params.stack_signals)
+    while True:
+        candidate = replace(params, stack_signals=tuple(kept))
+        stack = _stack_matrix(logit, signals, candidate.stack_signals, signal_medians)
+        weights = _fit_stacker(stack, labels, candidate)[-1].coef_[0][1:]  # per-signal weights after the classifier's
+        agreement = {name: weight * _orientation(labels, signals[name])
+                     for name, weight in zip(kept, weights, strict=True)}
+        against = [name for name, value in agreement.items() if value < 0]
+        if not against:
+            return candidate
+        kept.remove(min(against, key=agreement.get))
+
+
+def _fit_stacker(stack: np.ndarray, labels: np.ndarray, params: DetectorParams) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=params.stacker_c)).fit(stack, labels)
+
+
+def _domain_auroc(by_domain: list[tuple[str, np.ndarray, np.ndarray]], y: np.ndarray, held_out_logit: np.ndarray,
+                  signals: dict[str, np.ndarray], orientation: dict[str, float], params: DetectorParams,
+                  signal_medians: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per left-out domain, the AUROC of the classifier, of each stacked signal and of a combination whose
+    stacker was fitted on the other domains' rows only (their classifier scores, in turn, come from
+    classifiers that saw this domain: with two domains nothing cleaner is possible). Evidence for the
+    training summary, not a selection."""
+    result = {}
+    stacked_rows = np.concatenate([held_out for _, _, held_out in by_domain]) if by_domain else np.zeros(0, int)
+    for name, _, held_out in by_domain:
+        others = np.setdiff1d(stacked_rows, held_out)
+        def stack_of(rows):
+            return _stack_matrix(held_out_logit[rows], {k: v[rows] for k, v in signals.items()},
+                                 params.stack_signals, signal_medians)
+        stacker = _fit_stacker(stack_of(others), y[others], params)
+        combination = stacker.predict_proba(stack_of(held_out))[:, 1]
+        labels = y[held_out]
+        aurocs = {"classifier_score": roc_auc_score(labels, held_out_logit[held_out])}
+        for signal in params.stack_signals:
+            values = signals[signal][held_out] * orientation[signal]
+            aurocs[signal] = roc_auc_score(labels, np.where(np.isfinite(values), values, np.nanmin(values)))
+        aurocs["synthetic_probability"] = roc_auc_score(labels, combination)
+        result[name] = {column: round(float(value), 4) for column, value in aurocs.items()}
+    return result
 
 
 def _orientation(labels: np.ndarray, values: np.ndarray) -> float:
@@ -347,7 +462,8 @@ def evaluate(bundle: DetectorBundle, human_texts: Sequence[str], machine_texts: 
     Returns a flat dict (ready for ``mlflow.log_metrics``): ``n_human``, ``n_machine``; for
     each column ``c`` of :data:`SCORE_COLUMNS`, ``c/auroc``, ``c/tpr_at_fpr_1pct`` and
     ``c/tpr_at_fpr_5pct``; and ``synthetic_probability/brier`` (mean squared error of the
-    probability, a check of its calibration). Positives are machine texts. Each signal is first oriented with the sign
+    probability) and ``synthetic_probability/ece`` (:func:`expected_calibration_error`), checks of its
+    calibration. Positives are machine texts. Each signal is first oriented with the sign
     learned on the *training* data (:attr:`DetectorBundle.orientation`), so a signal whose
     direction flips between domains shows AUROC < 0.5 here rather than being silently re-flipped.
     A missing value (empty text) ranks as the least synthetic.
@@ -373,7 +489,50 @@ def detection_metrics(labels: np.ndarray, oriented_scores: pd.DataFrame) -> dict
     if "synthetic_probability" in oriented_scores.columns:
         probability = oriented_scores["synthetic_probability"].to_numpy(dtype=float)
         metrics["synthetic_probability/brier"] = float(np.nanmean((probability - labels) ** 2))
+        metrics["synthetic_probability/ece"] = expected_calibration_error(labels, probability)
     return metrics
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> float:
+    """Expected calibration error of probabilities of the positive class (label 1): over ``n_bins``
+    equal-width bins of [0, 1], |mean probability - share of positives| of each bin, weighted by the bin's
+    share of the texts. 0 is perfect calibration. The bins are those of scikit-learn's
+    ``calibration_curve(strategy="uniform")`` (a probability on an inner edge falls in the lower bin);
+    NaN probabilities are left out."""
+    labels, probabilities = np.asarray(labels, dtype=float), np.asarray(probabilities, dtype=float)
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"{labels.size} labels but {probabilities.size} probabilities")
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    known = ~np.isnan(probabilities)
+    labels, probabilities = labels[known], probabilities[known]
+    if probabilities.size == 0:
+        raise ValueError("no probabilities to measure calibration on")
+    if probabilities.min() < 0 or probabilities.max() > 1:
+        raise ValueError("probabilities must lie in [0, 1]")
+    bins = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], probabilities)
+    # sum over bins of (n_b / n) * |sum_b(p) / n_b - sum_b(y) / n_b|, without dividing by empty bins
+    gaps = np.abs(np.bincount(bins, probabilities, n_bins) - np.bincount(bins, labels, n_bins))
+    return float(gaps.sum() / probabilities.size)
+
+
+def detection_report(labels: np.ndarray, oriented_scores: pd.DataFrame) -> dict[str, Any]:
+    """:func:`detection_metrics` nested by column (``n_human``, ``n_machine``, ``{column: {metric:
+    value}}``), plus ``best_input``: the column other than ``synthetic_probability`` with the highest
+    AUROC (the first in column order on a tie), and ``combination_worse_than_best_input``: whether
+    ``synthetic_probability`` has a lower AUROC than that input."""
+    flat = detection_metrics(labels, oriented_scores)
+    report: dict[str, Any] = {"n_human": flat.pop("n_human"), "n_machine": flat.pop("n_machine")}
+    for key, value in flat.items():
+        column, _, metric = key.partition("/")
+        report.setdefault(column, {})[metric] = value
+    inputs = [column for column in oriented_scores.columns if column != "synthetic_probability"]
+    if "synthetic_probability" not in report or not inputs:
+        raise ValueError("a detection report needs synthetic_probability and at least one input column")
+    best = max(inputs, key=lambda column: report[column]["auroc"])
+    report["best_input"] = best
+    report["combination_worse_than_best_input"] = report["synthetic_probability"]["auroc"] < report[best]["auroc"]
+    return report
 
 
 def in_domain_evaluation(human_texts: Sequence[str], machine_texts: Sequence[str], n_folds: int = 5,
@@ -409,3 +568,40 @@ def cross_domain_evaluation(train_human: Sequence[str], train_machine: Sequence[
                                       seed=(params or DetectorParams()).seed)
     bundle = train_detector(train_texts, labels, tokenizer_bytes, None, params)
     return evaluate(bundle, test_human, test_machine)
+
+
+def leave_one_domain_out_evaluation(texts: Sequence[str], labels: Sequence[int], domains: Sequence[str],
+                                    vocab_size: int = 8000,
+                                    params: DetectorParams | None = None) -> dict[str, dict[str, Any]]:
+    """For every domain with both labels (:func:`domain_folds`), train the whole detector (tokenizer,
+    reference LM, classifier, stacker, and the choices :func:`train_detector` makes from data: which
+    signals to stack, how to calibrate) on the *other* domains only, and measure it on the left-out one.
+
+    Returns ``{domain: {"metrics": evaluate(...) flat dict, "best_input": column, "best_input_auroc": x,
+    "combination_auroc": y, "combination_at_least_best_input": bool}}``. Nothing of the left-out domain
+    reaches training: the tokenizer, the LM and every fold are built from the other domains' texts.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    texts, domains = list(texts), np.asarray(domains, dtype=object)
+    folds = domain_folds(domains, y)
+    if not folds:
+        raise DetectorTrainingError("leave-one-domain-out evaluation needs two or more domains with both labels")
+    results: dict[str, dict[str, Any]] = {}
+    for domain, train_rows, held_out in folds:
+        train_texts = [texts[i] for i in train_rows]
+        tokenizer_bytes = train_tokenizer(prepare_texts(train_texts), vocab_size=vocab_size,
+                                          seed=(params or DetectorParams()).seed)
+        bundle = train_detector(train_texts, y[train_rows], tokenizer_bytes, None, params,
+                                domains=domains[train_rows].tolist())
+        human = [texts[i] for i in held_out if y[i] == 0]
+        machine = [texts[i] for i in held_out if y[i] == 1]
+        metrics = evaluate(bundle, human, machine)
+        inputs = {column: metrics[f"{column}/auroc"] for column in DETECTOR_COLUMNS}
+        best = max(inputs, key=inputs.get)
+        combination = metrics["synthetic_probability/auroc"]
+        results[domain] = {"metrics": metrics, "trained_on": sorted(set(domains[train_rows].tolist())),
+                           "calibration": bundle.training_summary["calibration"],
+                           "stacked": list(bundle.params.stack_signals), "best_input": best,
+                           "best_input_auroc": inputs[best], "combination_auroc": combination,
+                           "combination_at_least_best_input": combination >= inputs[best]}
+    return results
