@@ -278,7 +278,9 @@ def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, 
     client.set_model_version_tag(name, str(version), FPR_THRESHOLDS_TAG, json.dumps(fpr_thresholds(bundle)))
     summary = bundle.training_summary
     log.params({"detector.calibration": summary["calibration"],
-                "detector.calibration_domains": ",".join(summary["calibration_domains"]) or "none"})
+                "detector.calibration_domains": ",".join(summary["calibration_domains"]) or "none",
+                "detector.stacked_signals": ",".join(bundle.params.stack_signals) or "none",
+                "detector.stacker_c": summary["stacker_c"]})
     for domain, aurocs in summary["domain_auroc"].items():
         for column, value in aurocs.items():
             log.metric(f"left_out.{domain}.{column}.auroc", value)

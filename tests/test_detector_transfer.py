@@ -83,6 +83,10 @@ def test_two_domains_calibrate_on_out_of_domain_scores_with_sign_consistent_weig
     assert weights[0] > 0
     for name, weight in zip(bundle.params.stack_signals, weights[1:], strict=True):
         assert np.sign(weight) == bundle.orientation[name], name
+    # the stacker's regularisation is the candidate with the best worst left-out domain
+    tried = summary["stacker_c_worst_domain_auroc"]
+    assert set(tried) == {str(c) for c in classifier.STACKER_C_CANDIDATES}
+    assert tried[str(summary["stacker_c"])] == max(tried.values()) and bundle.params.stacker_c == summary["stacker_c"]
     # the human reference holds every human training text once, scored out of domain
     assert bundle.human_reference_scores.size == labels.count(0)
     assert np.all(np.diff(bundle.human_reference_scores) >= 0)
@@ -90,6 +94,7 @@ def test_two_domains_calibrate_on_out_of_domain_scores_with_sign_consistent_weig
     # without domains: the k-fold calibration of before
     plain = train_detector(texts, labels, tokenizer)
     assert plain.training_summary["calibration"] == "5-fold" and plain.training_summary["domain_auroc"] == {}
+    assert plain.training_summary["stacker_c_worst_domain_auroc"] == {} and plain.params.stacker_c == 1.0
 
 
 def test_calibration_classifiers_never_see_the_domain_they_score(labelled, monkeypatch) -> None:

@@ -54,6 +54,8 @@ SCORE_COLUMNS = (*DETECTOR_COLUMNS, "synthetic_probability")
 _BUNDLE_FORMAT_VERSION = 1
 # A domain is left out for calibration only with at least this many texts of each label.
 MIN_DOMAIN_TEXTS_PER_LABEL = 5
+# Stacker regularisation tried when there are domains to leave out (DetectorParams.stacker_c otherwise).
+STACKER_C_CANDIDATES = (0.01, 0.1, 1.0, 10.0)
 
 
 class DetectorTrainingError(ValueError):
@@ -375,6 +377,14 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
                       for name in ZERO_SHOT_SIGNALS}
     stacked = {name: values[stack_rows] for name, values in signals.items()}
     params = _monotone_stack_signals(held_out_logit[stack_rows], stacked, y[stack_rows], params, signal_medians)
+    c_selection: dict[str, float] = {}
+    if by_domain:  # the stacker's regularisation: the best worst left-out domain (ties: the stronger)
+        for c in STACKER_C_CANDIDATES:
+            per_domain = _domain_auroc(by_domain, y, held_out_logit, signals, {}, replace(params, stacker_c=c),
+                                       signal_medians, combination_only=True)
+            c_selection[str(c)] = round(min(aurocs["synthetic_probability"] for aurocs in per_domain.values()), 4)
+        best = max(STACKER_C_CANDIDATES, key=lambda c: (c_selection[str(c)], -c))
+        params = replace(params, stacker_c=best)
     stack = _stack_matrix(held_out_logit[stack_rows], stacked, params.stack_signals, signal_medians)
     stacker = _fit_stacker(stack, y[stack_rows], params)
 
@@ -393,6 +403,8 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
         "stacker_coefficients": dict(zip(("classifier_logit", *params.stack_signals),
                                          stacker[-1].coef_[0].round(4).tolist(), strict=True)),
         "domain_auroc": _domain_auroc(by_domain, y, held_out_logit, signals, orientation, params, signal_medians),
+        "stacker_c": params.stacker_c,
+        "stacker_c_worst_domain_auroc": c_selection,
     }
     return DetectorBundle(tokenizer, lm, params, classifier, signal_medians, stacker, orientation, summary,
                           np.sort(human_reference))
@@ -424,7 +436,7 @@ def _fit_stacker(stack: np.ndarray, labels: np.ndarray, params: DetectorParams) 
 
 def _domain_auroc(by_domain: list[tuple[str, np.ndarray, np.ndarray]], y: np.ndarray, held_out_logit: np.ndarray,
                   signals: dict[str, np.ndarray], orientation: dict[str, float], params: DetectorParams,
-                  signal_medians: dict[str, float]) -> dict[str, dict[str, float]]:
+                  signal_medians: dict[str, float], combination_only: bool = False) -> dict[str, dict[str, float]]:
     """Per left-out domain, the AUROC of the classifier, of each stacked signal and of a combination whose
     stacker was fitted on the other domains' rows only (their classifier scores, in turn, come from
     classifiers that saw this domain: with two domains nothing cleaner is possible). Evidence for the
@@ -439,6 +451,9 @@ def _domain_auroc(by_domain: list[tuple[str, np.ndarray, np.ndarray]], y: np.nda
         stacker = _fit_stacker(stack_of(others), y[others], params)
         combination = stacker.predict_proba(stack_of(held_out))[:, 1]
         labels = y[held_out]
+        if combination_only:
+            result[name] = {"synthetic_probability": float(roc_auc_score(labels, combination))}
+            continue
         aurocs = {"classifier_score": roc_auc_score(labels, held_out_logit[held_out])}
         for signal in params.stack_signals:
             values = signals[signal][held_out] * orientation[signal]
