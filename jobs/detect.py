@@ -220,13 +220,13 @@ def compare_with_champion(cfg: Config, candidate: DetectorBundle, data: Labelled
     if comparison["candidate"] is None:
         comparison.update(moves=True, reason=f"version {champion.version} was trained on the held-back texts")
         return comparison
-    if FPR_THRESHOLDS_TAG not in (champion.tags or {}):  # registered before thresholds: mixtures cannot use it
-        comparison.update(moves=True, reason=f"version {champion.version} carries no false-positive-rate thresholds")
-        return comparison
     try:
         bundle = load_detector_bundle(f"models:/{cfg.detect.registered_model}/{champion.version}")
     except DetectorTrainingError as exc:  # a bundle format or wrapper class this code no longer reads
         comparison.update(moves=True, reason=f"version {champion.version} cannot be loaded: {exc}")
+        return comparison
+    if FPR_THRESHOLDS_TAG not in (champion.tags or {}):  # registered before thresholds: mixtures cannot use it
+        comparison.update(moves=True, reason=f"version {champion.version} carries no false-positive-rate thresholds")
         return comparison
     comparison["champion"] = _held_back_metrics(bundle, human, machine)
     new, old = comparison["candidate"]["auroc"], comparison["champion"]["auroc"]

@@ -15,8 +15,10 @@ from jobs.common.detector_model import (
     SPARK_RESULT_TYPE,
     UnloadableDetectorError,
     load_detector_bundle,
+    log_detector_model,
     save_detector_model,
 )
+from jobs.common.detector_registry import FPR_THRESHOLDS_TAG
 from jobs.common.errors import CleanwellError
 from jobs.common.tracking import configure
 from jobs.detect import TRAINING_HASHES, LabelledData, compare_with_champion
@@ -103,3 +105,26 @@ def test_a_champion_registered_with_the_old_wrapper_is_replaced(
     assert comparison["champion"] is None
     assert f"version {version} cannot be loaded" in comparison["reason"]
     assert "train and register a new version" in comparison["reason"]
+
+
+def test_a_champion_without_false_positive_rate_thresholds_is_replaced(
+        bundle: DetectorBundle, make_config, tmp_path: Path) -> None:
+    """A version registered before thresholds were tagged cannot serve `filters.detector_target_fpr`: the
+    first new version takes the alias even if it scores lower, so sampling does not fail until then."""
+    cfg = make_config()
+    configure(cfg)
+    with mlflow.start_run():
+        info = log_detector_model(bundle, registered_model_name=cfg.detect.registered_model)
+        mlflow.log_dict({"content_hashes": []}, TRAINING_HASHES)
+    version = info.registered_model_version
+    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias, version)
+    human, machine = _domain("wikihow", 8)
+    data = LabelledData(texts=[], labels=[], held_back_human=human, held_back_machine=machine)
+
+    comparison = compare_with_champion(cfg, bundle, data)
+
+    assert comparison["moves"] is True
+    assert comparison["reason"] == f"version {version} carries no false-positive-rate thresholds"
+    # the same version, tagged, is a champion like any other: the comparison is made on AUROC
+    mlflow.MlflowClient().set_model_version_tag(cfg.detect.registered_model, version, FPR_THRESHOLDS_TAG, "{}")
+    assert compare_with_champion(cfg, bundle, data)["reason"].startswith("held-back AUROC")
