@@ -19,9 +19,7 @@ effect at the next sample without rescoring (jobs/common/eligibility.py).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -30,11 +28,12 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
-from jobs.common import gates, storage, tables, tokenizer_model
+from jobs.common import gates, tables, tokenizer_model
 from jobs.common.config import FPR_TARGETS, Config
 from jobs.common.detector_model import SPARK_RESULT_TYPE, load_detector_bundle
 from jobs.common.detector_registry import FPR_THRESHOLDS_TAG, current_champion
 from jobs.common.errors import InputError
+from jobs.common.labelled import LabelledText, domain_name, read_labelled
 from jobs.common.runner import Step, job_main
 from jobs.common.tokenizer_model import load_tokenizer
 from jobs.common.tracking import RunLog, configure
@@ -47,7 +46,7 @@ from udfs.classifier import (
     evaluate,
     train_detector,
 )
-from udfs.text import content_hash, normalize_text
+from udfs.text import content_hash
 from udfs.tokenizer import cached_tokenizer, train_tokenizer
 from udfs.watermark import watermark_z_score
 
@@ -62,59 +61,6 @@ HELD_BACK_MAX_PER_LABEL = 2000  # bounds the scoring on the driver; the first on
 # The alias follows the combined score's AUROC; TPR at 1 % FPR is logged but too coarse on a few hundred
 # texts to decide on.
 DECISION_METRIC = "synthetic_probability/auroc"
-
-
-@dataclass(frozen=True)
-class LabelledText:
-    """One labelled text of an M4-format file: ``label`` 1 for machine, its domain and generator."""
-
-    text: str
-    label: int
-    domain: str
-    generator: str | None
-
-
-def domain_name(value: str | None, fallback: str) -> str:
-    """A domain label: lowercased, cut at the first ``-`` or ``.`` (M4 writes ``wikipedia-20220301.en``,
-    the demo's sources ``wikipedia``, so both name one domain); ``fallback`` when empty."""
-    name = re.split(r"[-.]", (value or "").strip().lower(), maxsplit=1)[0]
-    return name or fallback
-
-
-def read_labelled(paths: list[str]) -> list[LabelledText]:
-    """Every text of M4-format JSONL files (``human_text`` and ``machine_text`` per line), normalised as
-    ingest normalises. The domain is the record's ``source`` (else the file's name up to ``_``), the
-    generator its ``model`` (machine texts only)."""
-    labelled = []
-    for path in paths:
-        try:
-            lines = storage.read_text(path).split("\n")  # not splitlines(): U+2028 is valid inside JSON
-        except FileNotFoundError:
-            raise InputError(f"M4-format file not found: {path}") from None
-        file_domain = domain_name(PurePosixPath(path).name.split("_")[0], "unknown")
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path} line {number} is not JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path} line {number} is not a JSON object")
-            domain = domain_name(record.get("source") if isinstance(record.get("source"), str) else None,
-                                 file_domain)
-            model = record.get("model") if isinstance(record.get("model"), str) else None
-            for key, label in (("human_text", 0), ("machine_text", 1)):
-                if isinstance(record.get(key), str) and record[key].strip():
-                    labelled.append(LabelledText(normalize_text(record[key]), label, domain,
-                                                 model if label else None))
-    return labelled
-
-
-def read_pairs(paths: list[str]) -> tuple[list[str], list[str]]:
-    """(human texts, machine texts) of M4-format files (see :func:`read_labelled`)."""
-    labelled = read_labelled(paths)
-    return [t.text for t in labelled if t.label == 0], [t.text for t in labelled if t.label == 1]
 
 
 def is_held_back(text: str) -> bool:

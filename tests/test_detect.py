@@ -17,13 +17,13 @@ from jobs.cli import cli, format_evaluation
 from jobs.common import tables
 from jobs.common.config import load_mixture
 from jobs.common.eligibility import apply_exclusions, document_exclusions, with_effective_origin
+from jobs.common.labelled import read_pairs
 from jobs.common.tokenizer_model import load_tokenizer
 from jobs.detect import (
     HELD_BACK_MAX_PER_LABEL,
     declared_sample,
     is_held_back,
     load_detector,
-    read_pairs,
     score,
     training_set,
 )
