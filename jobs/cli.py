@@ -63,6 +63,30 @@ def train_detector_command(config_files: tuple[str, ...], overrides: tuple[str, 
     run_guarded(lambda: click.echo(f"registered: {train_standalone(load_config(config_files, overrides))}"))
 
 
+@cli.command(name="collapse-lab")
+@config_options
+@click.option("--generations", type=click.IntRange(1, 100), default=None,
+              help="Generations after generation 0 (default: collapse_lab.generations, 10).")
+def collapse_lab_command(config_files: tuple[str, ...], overrides: tuple[str, ...], generations: int | None) -> None:
+    """Train a small n-gram model on human text, retrain it generation after generation on its own samples
+    under each regime (replace, accumulate, curated, curated_feedback) and temperature, and measure what
+    cleanwell's guardrails change: held-out perplexity, tail coverage, distinct-n, vocabulary, unigram KL,
+    synthetic share, detector AUROC (docs/collapse_lab.md). No Spark; one MLflow run; figures, report.html
+    and results.json in collapse_lab.output_dir.
+    """
+    from jobs.collapse_lab import main as collapse_lab
+
+    def action() -> None:
+        extra = () if generations is None else (f"collapse_lab.generations={generations}",)
+        cfg = load_config(config_files, (*overrides, *extra))
+        results = collapse_lab(cfg, progress=lambda line: click.echo(line, err=True))
+        click.echo(f"collapse lab: {len(results['series'])} runs x {results['generations']} generations in "
+                   f"{results['seconds']} s; outputs in {cfg.collapse_lab.output_dir} (report.html); "
+                   f"MLflow run {results['mlflow_run_id']}")
+
+    run_guarded(action)
+
+
 @cli.command(name="eval-detector")
 @config_options
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",

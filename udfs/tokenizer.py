@@ -91,6 +91,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._processor.get_piece_size()
 
+    @property
+    def control_ids(self) -> tuple[int, ...]:
+        """Ids that are not text (``<unk>``, ``<s>``, ``</s>``): a sampler must never emit them."""
+        return tuple(i for i in range(self.vocab_size)
+                     if self._processor.IsControl(i) or self._processor.IsUnknown(i))
+
     def encode_ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids of each text, one int32 array per text."""
         encoded = self._processor.encode(list(texts), out_type=int, num_threads=1)

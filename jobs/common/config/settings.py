@@ -278,6 +278,43 @@ class ReportConfig(Model):
     dir: str = Field("./reports", description="Folder for the HTML run reports.", json_schema_extra=OUTPUT_LOCATION)
 
 
+class CollapseLabConfig(Model):
+    """The model-collapse lab (`cleanwell collapse-lab`, jobs/collapse_lab.py, docs/collapse_lab.md)."""
+
+    human_files: list[str] = Field(
+        default_factory=lambda: ["data/m4/wikipedia_llama2.jsonl", "data/m4/wikihow_llama2.jsonl"],
+        description="M4-format JSONL files whose `human_text` is the real data (machine texts are ignored).")
+    generations: int = Field(10, ge=1, le=100, description="Generations trained after generation 0 (the model "
+                             "trained on human text).")
+    temperatures: list[float] = Field(default_factory=lambda: [0.7, 1.0], min_length=1,
+                                      description="Sampling temperatures; every regime runs at each.")
+    regimes: list[Literal["replace", "accumulate", "curated", "curated_feedback"]] = Field(
+        default_factory=lambda: ["replace", "accumulate", "curated", "curated_feedback"], min_length=1,
+        description="How each generation's training set is built (docs/collapse_lab.md).")
+    held_out_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the human documents held out for "
+                                     "perplexity and the detector's evaluation; never trained on.")
+    sequence_tokens: int = Field(96, ge=8, description="Tokens per document: human texts are cut into pieces of "
+                                 "this length, and every sample has it.")
+    documents_per_generation: int = Field(400, ge=10, description="Samples each generation's model writes (and "
+                                          "the cap on human training pieces, so both sides have the same size).")
+    vocab_size: int = Field(2000, ge=100, description="Sentencepiece vocabulary trained on the human training "
+                            "pieces.")
+    lm_order: int = Field(3, ge=1, le=5, description="Order of the interpolated Kneser-Ney n-gram model.")
+    synthetic_cap: float = Field(0.2, ge=0, lt=1, description="Curated regimes: the largest synthetic share of a "
+                                 "training set's tokens.")
+    detector_target_fpr: float = Field(0.01, gt=0, lt=1, description="Curated regimes: synthetic documents the "
+                                       "detector scores at or above its threshold at this false-positive rate on "
+                                       "held-out human text are removed.")
+    best_of: int = Field(2, ge=2, description="curated_feedback: candidates sampled per kept sample; the one the "
+                         "verifier (the detector) finds most human-like is kept.")
+    tail_quantile: float = Field(0.1, gt=0, le=1, description="Tail n-grams: reference n-grams whose count is in "
+                                 "this bottom share of the count distribution (udfs/collapse.py).")
+    tail_ngram: int = Field(2, ge=1, le=4, description="n of the tail n-grams and distinct-n.")
+    seed: int = Field(0, description="Seed of the split, the samplers and the detector.")
+    output_dir: str = Field("./reports/collapse_lab", description="Folder for the figures, the HTML report and "
+                            "results.json.", json_schema_extra=OUTPUT_LOCATION)
+
+
 class Config(Model):
     spark: SparkConfig = SparkConfig()
     lake: LakeConfig = LakeConfig()
@@ -295,6 +332,7 @@ class Config(Model):
     sample: SampleConfig = SampleConfig()
     gates: GatesConfig = GatesConfig()
     report: ReportConfig = ReportConfig()
+    collapse_lab: CollapseLabConfig = CollapseLabConfig()
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections; a step reruns when the hash of its sections changes."""

@@ -1,0 +1,83 @@
+"""The model-collapse lab (issue #12): a 2-generation run of every regime through the CLI, and the curation
+of a pool with cleanwell's functions. The metrics themselves are tested in test_collapse_metrics.py."""
+import json
+from types import SimpleNamespace
+
+import mlflow
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jobs.cli import cli
+from jobs.collapse_lab import METRICS, Document, curate
+from tests.conftest import REPO
+
+TINY = ["collapse_lab.documents_per_generation=40", "collapse_lab.sequence_tokens=32", "collapse_lab.vocab_size=400",
+        "collapse_lab.temperatures=[0.7, 1.0]", f"collapse_lab.human_files=[{REPO}/data/m4/wikipedia_llama2.jsonl]"]
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lab")
+    args = ["collapse-lab", "--generations", "2", *TINY, f"collapse_lab.output_dir={root / 'out'}",
+            f"tracking.uri=sqlite:///{root / 'm.db'}", f"tracking.artifact_root={root / 'art'}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return root, json.loads((root / "out" / "results.json").read_text()), result.output
+
+
+def test_every_regime_and_temperature_runs_two_generations_and_writes_its_outputs(lab_run) -> None:
+    root, results, output = lab_run
+    regimes = ("replace", "accumulate", "curated", "curated_feedback")
+    assert set(results["series"]) == {f"{r}@{t}" for r in regimes for t in (0.7, 1.0)}
+    for series in results["series"].values():
+        assert all(len(series[metric]) == 3 for metric in METRICS)  # generations 0, 1, 2
+        assert all(np.isfinite(series[metric]).all() for metric in METRICS)
+    assert {f"{metric}.png" for metric in METRICS} <= {p.name for p in (root / "out").iterdir()}
+    report = (root / "out" / "report.html").read_text()
+    assert report.count("<img") == len(METRICS) and "curated_feedback@0.7" in report
+    assert "outputs in" in output and "report.html" in output
+    # the MLflow run holds every metric per generation (step) and the figures
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'm.db'}")
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`cleanwell.step` = 'collapse-lab'",
+                             output_format="list")[0]
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "replace.T1.0.heldout_perplexity")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [m.value for m in history] == pytest.approx(results["series"]["replace@1.0"]["heldout_perplexity"])
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "collapse_lab")}
+    assert "collapse_lab/report.html" in artifacts and "collapse_lab/tail_coverage.png" in artifacts
+
+
+def test_training_sets_follow_their_regime(lab_run) -> None:
+    _, results, _ = lab_run
+    cap = results["settings"]["synthetic_cap"]
+    for temperature in (0.7, 1.0):
+        series = {r: results["series"][f"{r}@{temperature}"] for r in ("replace", "accumulate", "curated")}
+        # generation 0 is the same human-trained model in every regime
+        assert len({s["heldout_perplexity"][0] for s in series.values()}) == 1
+        assert series["replace"]["synthetic_share"] == [0.0, 1.0, 1.0]
+        # accumulate: N human pieces plus N samples per generation, all of the same length
+        assert series["accumulate"]["synthetic_share"] == pytest.approx([0.0, 1 / 2, 2 / 3])
+        assert max(series["curated"]["synthetic_share"]) <= cap + 1e-9
+        # the photocopy of a photocopy: training on samples only loses held-out human text fastest
+        replace, accumulate = series["replace"]["heldout_perplexity"], series["accumulate"]["heldout_perplexity"]
+        assert replace[2] > replace[0] and replace[2] > accumulate[2]
+
+
+def _document(text: str, origin: str, score: float = 0.0) -> Document:
+    return Document(np.arange(len(text.split())), text, origin, -1 if origin == "human" else 1, score)
+
+
+def test_curation_removes_duplicates_and_detected_text_and_caps_the_synthetic_share() -> None:
+    words = [f"w{i}" for i in range(400)]
+    human = [_document(" ".join(words[i * 40:(i + 1) * 40]), "human") for i in range(4)]
+    near = " ".join(words[0:39] + ["changed"])  # Jaccard of word 5-grams with human[0]: 35/37 > 0.8
+    synthetic = [_document(" ".join(words[200 + i * 40:240 + i * 40]), "synthetic", score=0.1 * i) for i in range(4)]
+    pool = [*human, _document(human[1].text, "synthetic"), _document(near, "synthetic"),
+            *synthetic, _document("x " * 40, "synthetic", score=0.99)]
+    lab = SimpleNamespace(threshold=0.9, settings=SimpleNamespace(synthetic_cap=0.2))
+    kept, removed = curate(pool, lab)
+    assert removed == {"exact_duplicate": 1, "near_duplicate": 1, "detector": 1, "synthetic_cap": 3}
+    assert [d.text for d in kept if d.origin == "human"] == [d.text for d in human]  # the human core is kept
+    # 160 human tokens and a 20 % cap leave room for one 40-token synthetic piece: the most human-like
+    assert [d.text for d in kept if d.origin == "synthetic"] == [synthetic[0].text]
