@@ -6,6 +6,7 @@ import click
 from jobs import pipeline
 from jobs.common.config import config_docs, load_config
 from jobs.common.runner import config_options, run_guarded, step_command
+from jobs.common.secrets import redact
 from jobs.common.session import ALWAYS, JAR_SETS, fetch_jars
 
 
@@ -46,7 +47,7 @@ def config_command(config_files: tuple[str, ...], overrides: tuple[str, ...], do
             click.echo(config_docs())
             return
         cfg = load_config(config_files, overrides)
-        click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        click.echo(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False))
 
     run_guarded(action)
 

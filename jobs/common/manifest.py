@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from jobs.common import storage, tables
 from jobs.common.config import Config, MixtureConfig, config_hash
 from jobs.common.detector_registry import DetectorThreshold
+from jobs.common.secrets import redact
 from jobs.common.selection import epochs_allowed
 from jobs.common.tracking import RunLog
 
@@ -115,6 +116,7 @@ def build_manifest(mixture: MixtureConfig, gold: DataFrame, cells: list[dict[str
 
 
 def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], log: RunLog) -> str:
+    manifest = redact(manifest)  # a credential in the mixture config (a source URI) stays out of evidence
     folder = storage.join(cfg.sample.manifest_dir, manifest["mixture"])
     path = storage.join(folder, f"{manifest['run_id']}.json")
     text = json.dumps(manifest, indent=2, default=str)

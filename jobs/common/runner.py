@@ -25,6 +25,7 @@ from pyspark.sql import SparkSession
 from jobs.common import gates, tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import CleanwellError
+from jobs.common.secrets import redact_text
 from jobs.common.session import get_spark
 from jobs.common.tracking import PIPELINE_RUN_ID_ENV, RunLog, tracked_run
 
@@ -223,7 +224,7 @@ def run_guarded(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except CleanwellError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {redact_text(str(exc))}", fg="red", err=True)
         sys.exit(2)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from jobs.common import storage
 from jobs.common.config import Config
 from jobs.common.errors import SetupError
+from jobs.common.secrets import is_secret_key
 
 DELTA_VERSION = "4.4.0"
 # (groupId, artifactId, version): the Delta JARs for Spark 4.1 / Scala 2.13.
@@ -202,8 +203,25 @@ def get_spark(cfg: Config):
     builder = (SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
                .config("spark.jars", ",".join(str(j) for j in jars))
                .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={log4j}"))
-    for key, value in local_conf(cfg).items():
-        builder = builder.config(key, value)
+    conf = local_conf(cfg)
+    # PySpark starts the JVM with every builder setting as `--conf key=value` on spark-submit's command
+    # line, where `ps` shows it to every user of the machine: credentials are set once the JVM runs.
+    secret = {key: value for key, value in conf.items() if is_secret_key(key)}
+    for key, value in conf.items():
+        if key not in secret:
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    _set_after_start(spark, secret)
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     return spark
+
+
+def _set_after_start(spark, settings: dict[str, str]) -> None:
+    """``spark.hadoop.*`` keys go to the Hadoop configuration (the file systems read them when first used,
+    after this), the rest to the session's runtime conf."""
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in settings.items():
+        if key.startswith("spark.hadoop."):
+            hadoop.set(key[len("spark.hadoop."):], str(value))
+        else:
+            spark.conf.set(key, str(value))

@@ -31,6 +31,7 @@ from typing import Any
 
 from jobs.common import storage
 from jobs.common.config import Config
+from jobs.common.secrets import redact
 
 
 def _quiet_mlflow() -> None:
@@ -214,13 +215,14 @@ class RunLog:
     def params(self, params: dict[str, Any]) -> None:
         import mlflow
 
-        flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(params).items()}
+        flat = {k: redact(v, k) for k, v in flatten(params).items()}  # no credential reaches MLflow
+        flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flat.items()}
         mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
 
     def tags(self, tags: dict[str, Any]) -> None:
         import mlflow
 
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        mlflow.set_tags({k: str(redact(v, k)) for k, v in tags.items()})
 
     def artifact_json(self, obj: Any, name: str) -> None:
         import mlflow
