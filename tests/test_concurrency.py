@@ -64,3 +64,38 @@ def test_conflicts_are_retried_then_reported_clearly(tmp_path):
 
     with pytest.raises(ConcurrentWriteError, match="run it again"):
         tables.retry_on_conflict(ref, always, attempts=2)
+
+
+FIRST_USE = """
+import sys
+from jobs.common.config import load_config
+from jobs.common.tracking import configure
+cfg = load_config([], [f"tracking.uri=sqlite:///{sys.argv[1]}", f"tracking.artifact_root={sys.argv[1]}.art"])
+mlflow = configure(cfg)
+with mlflow.start_run():
+    mlflow.log_param("process", sys.argv[2])
+"""
+
+
+def test_processes_that_first_use_a_fresh_mlflow_database_at_once_all_succeed(tmp_path):
+    """Four steps starting together on a new lake (an Airflow fan-out) each create or migrate mlflow.db:
+    before the lock, every one of them failed in alembic ("table _alembic_tmp_metrics already exists")."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tests.conftest import REPO
+
+    (tmp_path / "first_use.py").write_text(FIRST_USE)
+    database = tmp_path / "mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    processes = [subprocess.Popen([sys.executable, "first_use.py", str(database), str(i)], cwd=tmp_path, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(4)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, "\n".join(o[-1500:] for o in outputs)
+    client = mlflow.MlflowClient(f"sqlite:///{database}")
+    experiment = client.get_experiment_by_name("cleanwell")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.params["process"] for r in runs) == ["0", "1", "2", "3"]

@@ -135,10 +135,38 @@ def configure(cfg: Config):
         # exports MLFLOW_REGISTRY_URI); unset, MLflow derives the registry from the tracking URI.
         os.environ.pop("MLFLOW_REGISTRY_URI", None)
         mlflow.set_registry_uri(None)
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        mlflow.create_experiment(cfg.tracking.experiment, artifact_location=experiment_artifact_location(cfg))
-    mlflow.set_experiment(cfg.tracking.experiment)
+    with _sqlite_store_lock(tracking_uri(cfg)):
+        # The first use of a store creates (or migrates) a sqlite database; two processes doing it at once
+        # both fail (alembic CommandError, "table _alembic_tmp_metrics already exists"): one at a time.
+        if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+            try:
+                mlflow.create_experiment(cfg.tracking.experiment, artifact_location=experiment_artifact_location(cfg))
+            except mlflow.exceptions.MlflowException as exc:  # another process created it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+        mlflow.set_experiment(cfg.tracking.experiment)
     return mlflow
+
+
+@contextlib.contextmanager
+def _sqlite_store_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a local sqlite tracking database (``<db>.lock``) for as long as the block
+    runs; nothing for other stores (a tracking server serialises its own database)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; concurrent first use stays unsafe there
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        yield
+        return
+    database = Path(urllib.parse.unquote(uri[len("sqlite:///"):].split("?", 1)[0]))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def package_version() -> str | None:
