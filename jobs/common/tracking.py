@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import socket
 import subprocess
 import urllib.parse
 import warnings
@@ -55,6 +56,9 @@ _USER_REGISTRY_URI = os.environ.get("MLFLOW_REGISTRY_URI")  # likewise for set_r
 PIPELINE_RUN_ID_ENV = "CLEANWELL_PIPELINE_RUN_ID"
 GIT_SHA_ENV = "CLEANWELL_GIT_SHA"
 PIPELINE_RUN_ID_TAG = "cleanwell.pipeline_run_id"
+# Where a run's process runs: a later process on the same host closes runs whose process is gone.
+HOST_TAG = "cleanwell.host"
+PID_TAG = "cleanwell.pid"
 # Airflow exports these to every task process (and so to the spark-submit it starts).
 AIRFLOW_CONTEXT_TAGS = {"AIRFLOW_CTX_DAG_ID": "airflow.dag_id", "AIRFLOW_CTX_DAG_RUN_ID": "airflow.run_id",
                         "AIRFLOW_CTX_TASK_ID": "airflow.task_id", "AIRFLOW_CTX_TRY_NUMBER": "airflow.try_number"}
@@ -144,8 +148,38 @@ def configure(cfg: Config):
             except mlflow.exceptions.MlflowException as exc:  # another process created it first
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-        mlflow.set_experiment(cfg.tracking.experiment)
+        experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    close_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id)
     return mlflow
+
+
+def close_abandoned_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a process of this host that no longer exists (a step killed
+    with SIGKILL, an out-of-memory kill, a lost container): MLflow cannot end a run whose process died.
+    Runs of other hosts are left alone (their processes cannot be checked from here). Returns their ids."""
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=f"attributes.status = 'RUNNING' and "
+                                 f"tags.`{HOST_TAG}` = '{host}'", max_results=1000)
+    closed = []
+    for run in running:
+        pid = run.data.tags.get(PID_TAG, "")
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_exists(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "cleanwell.error", f"process {pid} on {host} ended without ending this run "
+                       "(killed); marked KILLED by the next cleanwell process on that host")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -198,7 +232,8 @@ def git_sha() -> str | None:
 def context_tags() -> dict[str, str]:
     """Where a run's code came from and which scheduler started it; only the tags that are known."""
     sha = git_sha()
-    tags = {"cleanwell.version": package_version(), "cleanwell.git_sha": sha, "mlflow.source.git.commit": sha}
+    tags = {"cleanwell.version": package_version(), "cleanwell.git_sha": sha, "mlflow.source.git.commit": sha,
+            HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     tags.update({tag: os.environ.get(variable) for variable, tag in AIRFLOW_CONTEXT_TAGS.items()})
     return {name: value for name, value in tags.items() if value}
 
