@@ -27,6 +27,12 @@ def test_base_demo_and_overrides_layer_in_order(tmp_path):
     ("ingest.max_text_bytes=-1", "ingest.max_text_bytes"),
     ("provenance.ai_cutoff_date=someday", "provenance.ai_cutoff_date"),
     ("nosuchsection.x=1", "nosuchsection"),
+    # names that end up in SQL (catalog mode) or as folders must be identifiers, never spliced as given
+    ("tables.silver=silver; DROP TABLE gold", "tables.silver"),
+    ("tables.gold=../outside", "tables.gold"),
+    ("lake.catalog=main.x-y", "lake.catalog"),
+    ("lake.catalog=a.b.c", "lake.catalog"),
+    ("collapse_lab.generations=0", "collapse_lab.generations"),
 ])
 def test_bad_keys_and_values_are_named(override, key):
     with pytest.raises(ConfigError, match=rf"`{key}`"):

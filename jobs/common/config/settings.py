@@ -7,11 +7,15 @@ their own models (:mod:`jobs.common.config.mixture`).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.common.config.hashing import OUTPUT_LOCATION, sections_hash
+
+# A table, schema or catalog name cleanwell accepts: it is put into SQL (ALTER TABLE ... in catalog mode).
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 DOCUMENT_FIELDS = (
     "text", "url", "domain", "language", "license", "created_at", "crawled_at", "origin", "generator",
@@ -50,6 +54,15 @@ class LakeConfig(Model):
     catalog: str | None = Field(None, description="`catalog.schema` (Unity Catalog) or `schema` (Hive metastore). "
                                 "When set, tables are read and written by name instead of by path.")
 
+    @field_validator("catalog")
+    @classmethod
+    def _catalog_identifiers(cls, value: str | None) -> str | None:
+        if value is not None and not all(IDENTIFIER.fullmatch(part) for part in value.split(".")[:3]) \
+                or value is not None and value.count(".") > 1:
+            raise ValueError("must be `schema` or `catalog.schema`, each a SQL identifier (letters, digits, _; not "
+                             "starting with a digit): table names are put into SQL statements")
+        return value
+
 
 class TablesConfig(Model):
     bronze: str = Field("bronze_documents", description="Raw documents with provenance, one row per (source, doc_id).")
@@ -65,6 +78,14 @@ class TablesConfig(Model):
                             "mixture, run_id, reason, and the value, threshold and detail that excluded it.")
     band_index: str = Field("minhash_band_index", description="Published LSH band hashes of silver documents; "
                             "new batches are deduplicated against it incrementally.")
+
+    @field_validator("*")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        if not IDENTIFIER.fullmatch(value):
+            raise ValueError(f"{value!r} is not a table name: use letters, digits and _ (not starting with a digit); "
+                             "the name is a folder under lake.root and, with lake.catalog, part of SQL statements")
+        return value
 
 
 class TrackingConfig(Model):
