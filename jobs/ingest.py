@@ -296,7 +296,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
 
         inserted = gates.publish(cfg, unique, "bronze", "bronze", log,
                                  lambda df, ref: tables.merge_insert_new(df, ref, ["doc_id", "source"],
-                                                                         run_id=log.run_id) if n_unique else 0)
+                                                                         run_id=log.run_id) if n_unique else 0,
+                                 overwrites=False)  # a MERGE: concurrent ingests are retried, not refused
         if quarantined:
             tables.merge_insert_new(_quarantine_rows(parsed.where(F.col("reason").isNotNull()), log.run_id),
                                     tables.table_ref(cfg, "quarantine"), ["quarantine_id"], run_id=log.run_id)

@@ -99,3 +99,33 @@ def test_processes_that_first_use_a_fresh_mlflow_database_at_once_all_succeed(tm
     experiment = client.get_experiment_by_name("cleanwell")
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.params["process"] for r in runs) == ["0", "1", "2", "3"]
+
+
+def test_a_step_refuses_to_overwrite_a_table_another_run_wrote_while_it_ran(spark, make_config):
+    """Two runs of steps that rewrite silver at once: before, both "succeeded" and the last writer silently
+    replaced the other's commit. Now the overwrite is refused with a message, nothing is written and the
+    step records no success; a step that meets no other writer publishes as before."""
+    from jobs.common import gates
+    from jobs.common.runner import Step, _successful_runs, execute
+
+    cfg = make_config()
+    ref = tables.table_ref(cfg, "silver")
+    tables.overwrite(spark.createDataFrame([("a", 1)], "doc_id string, w int"), ref)
+
+    def rewrite(other_writer: bool):
+        def run(spark, cfg, log):
+            mine = spark.createDataFrame([("mine", 2)], "doc_id string, w int")
+            if other_writer:  # another process commits to silver while this step works
+                tables.overwrite(spark.createDataFrame([("theirs", 3)], "doc_id string, w int"), ref)
+            gates.publish(cfg, mine, "silver", [], log, lambda df, r: tables.overwrite(df, r))
+            gates.publish(cfg, mine, "silver", [], log, lambda df, r: tables.overwrite(df, r))  # its own: fine
+            return {}
+        return Step(name="rewrite", run=run, inputs=(), outputs=("silver",), config_sections=(), help="test")
+
+    with pytest.raises(ConcurrentWriteError, match=r"table `silver` changed while step `rewrite` ran"):
+        execute(rewrite(other_writer=True), spark, cfg, steps=[], force=True, echo=lambda _: None)
+    assert [r["doc_id"] for r in tables.read_table(spark, ref).collect()] == ["theirs"]  # the other run's commit
+    assert [r for r in _successful_runs(spark, cfg) if r["step"] == "rewrite"] == []
+
+    execute(rewrite(other_writer=False), spark, cfg, steps=[], force=True, echo=lambda _: None)
+    assert [r["doc_id"] for r in tables.read_table(spark, ref).collect()] == ["mine"]

@@ -211,16 +211,22 @@ def check(cfg: Config, df: DataFrame, suite: str | list[str], log: RunLog, targe
 
 
 def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log: RunLog,
-            write: Callable[[DataFrame, tables.TableRef], Any]) -> Any:
+            write: Callable[[DataFrame, tables.TableRef], Any], overwrites: bool = True) -> Any:
     """Gate (every suite named), then write: ``df`` is materialised once so the rows validated are the
     rows written. A ``df`` the caller cached stays cached (the caller may read it again); one cached
-    here is released here."""
+    here is released here. ``overwrites``: the write replaces the table, so it is refused when another
+    run committed to the table since the step started (:func:`tables.check_unchanged`); a MERGE that only
+    inserts passes False (concurrent merges are retried instead)."""
     ref = tables.table_ref(cfg, target)
     owned = not df.is_cached
     staged = df.persist(StorageLevel.MEMORY_AND_DISK) if owned else df
     try:
         check(cfg, staged, suite, log, str(ref))
-        return write(staged, ref)
+        if overwrites:
+            tables.check_unchanged(staged.sparkSession, ref)
+        result = write(staged, ref)
+        tables.note_written(staged.sparkSession, ref)
+        return result
     finally:
         if owned:
             staged.unpersist()

@@ -169,7 +169,7 @@ def execute(step: Step, spark: SparkSession, cfg: Config, *, steps: Sequence[Ste
     with tracked_run(cfg, step.name, params=params) as log:
         log.tags({"cleanwell.config_hash": config_hash, **{f"input.{k}": v for k, v in inputs.items()}})
         try:
-            with spark_progress(spark, step.name, echo):
+            with spark_progress(spark, step.name, echo), tables.guard_outputs(spark, cfg, step.name, step.outputs):
                 summary = step.run(spark, cfg, log) or {}
         except BaseException:
             # A failed gate's outcomes are what a user queries; a failure to write them must not hide the

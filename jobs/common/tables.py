@@ -6,10 +6,12 @@ MLflow run id as the commit's user metadata, so ``DESCRIBE HISTORY`` leads back 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -94,6 +96,45 @@ def current_version(spark: SparkSession, ref: TableRef) -> int | None:
     if not exists(spark, ref):
         return None
     return int(_delta_table(spark, ref).history(1).select("version").first()[0])
+
+
+# The versions of a running step's output tables when it started ({"step": name, "versions": {table: v}}):
+# a publish that overwrites one of them refuses when another run committed to it in between (see
+# guard_outputs), instead of silently replacing that run's work (last writer wins).
+_started_from: contextvars.ContextVar[dict | None] = contextvars.ContextVar("started_from", default=None)
+
+
+@contextlib.contextmanager
+def guard_outputs(spark: SparkSession, cfg: Config, step: str, outputs: Sequence[str]) -> Iterator[None]:
+    """Remember the versions of ``outputs`` now, for :func:`check_unchanged` while the block runs."""
+    versions = {name: current_version(spark, table_ref(cfg, name)) for name in outputs}
+    token = _started_from.set({"step": step, "versions": versions})
+    try:
+        yield
+    finally:
+        _started_from.reset(token)
+
+
+def check_unchanged(spark: SparkSession, ref: TableRef) -> None:
+    """Raise :class:`ConcurrentWriteError` when ``ref`` has a version the running step neither started from
+    nor wrote itself: another run committed to it meanwhile, and overwriting would lose that commit. (A
+    commit that lands between this check and the write is not caught: the window is the write itself.)"""
+    state = _started_from.get()
+    if state is None or ref.name not in state["versions"]:
+        return
+    expected, now = state["versions"][ref.name], current_version(spark, ref)
+    if now != expected:
+        raise ConcurrentWriteError(
+            f"table `{ref.name}` changed while step `{state['step']}` ran (version {expected} when it started, "
+            f"{now} now): another run wrote it. Nothing was written; run the step again when the other run has "
+            "finished (concurrent runs of steps that rewrite one table are refused, not merged)")
+
+
+def note_written(spark: SparkSession, ref: TableRef) -> None:
+    """After the running step's own commit to ``ref``: that version is the step's, not another run's."""
+    state = _started_from.get()
+    if state is not None and ref.name in state["versions"]:
+        state["versions"][ref.name] = current_version(spark, ref)
 
 
 def history(spark: SparkSession, ref: TableRef, limit: int | None = None) -> DataFrame:
