@@ -77,6 +77,7 @@ with mlflow.start_run():
 """
 
 
+@pytest.mark.slow  # four processes (~10 s); CI runs it
 def test_processes_that_first_use_a_fresh_mlflow_database_at_once_all_succeed(tmp_path):
     """Four steps starting together on a new lake (an Airflow fan-out) each create or migrate mlflow.db:
     before the lock, every one of them failed in alembic ("table _alembic_tmp_metrics already exists")."""
@@ -101,6 +102,7 @@ def test_processes_that_first_use_a_fresh_mlflow_database_at_once_all_succeed(tm
     assert sorted(r.data.params["process"] for r in runs) == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow  # two step runs with MLflow (~13 s); CI runs it
 def test_a_step_refuses_to_overwrite_a_table_another_run_wrote_while_it_ran(spark, make_config):
     """Two runs of steps that rewrite silver at once: before, both "succeeded" and the last writer silently
     replaced the other's commit. Now the overwrite is refused with a message, nothing is written and the

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from jobs.common.config import load_config
 from jobs.common.tracking import configure
@@ -26,6 +27,7 @@ with tracked_run(cfg, sys.argv[2]) as log:
 """
 
 
+@pytest.mark.slow  # two processes (~6 s); CI runs it
 def test_runs_of_killed_processes_are_marked_killed_and_live_ones_are_kept(tmp_path):
     (tmp_path / "step.py").write_text(STEP)
     database = tmp_path / "mlflow.db"

@@ -77,6 +77,7 @@ def test_printed_config_and_errors_do_not_show_the_secret(capsys) -> None:
     assert "s3://AKIA:***@bucket/corpus" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a fresh JVM (~7 s); CI runs it
 def test_spark_conf_credentials_are_not_on_the_jvm_command_line(tmp_path: Path) -> None:
     """A fresh local session: the planted secret is in the Hadoop configuration the file systems read, and
     in no process's command line while the JVM runs; an ordinary setting is (so the scan can see)."""
