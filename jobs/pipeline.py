@@ -13,8 +13,9 @@ from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
 from jobs.common.runner import StepOutcome, config_options, execute, pipeline_run_id_option, run_guarded
+from jobs.common.secrets import redact_text
 from jobs.common.session import get_spark
-from jobs.common.tracking import pipeline_run, redacted, tracking_uri
+from jobs.common.tracking import pipeline_run, tracking_uri
 
 STEPS = [ingest.STEP, dedup.STEP, quality.STEP, neardup.STEP, token_counts.STEP, detect.STEP, embed.STEP,
          sample.STEP, report.STEP]
@@ -41,7 +42,7 @@ def echo_locations(cfg: Config) -> None:
     from jobs.common import storage
     from jobs.common.config import load_mixture
 
-    uri = redacted(tracking_uri(cfg))
+    uri = redact_text(tracking_uri(cfg))
     click.echo(f"  gold table:  {tables.table_ref(cfg, 'gold')}")
     manifest = storage.join(cfg.sample.manifest_dir, load_mixture(cfg.sample.mixture).name, "latest.json")
     click.echo(f"  manifest:    {manifest}")

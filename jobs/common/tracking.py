@@ -85,15 +85,6 @@ def without_credentials(uri: str) -> tuple[str, str | None, str | None]:
         None if parts.password is None else urllib.parse.unquote(parts.password)
 
 
-def redacted(uri: str) -> str:
-    """``uri`` fit to print: a password in it replaced by ``***``."""
-    bare, user, password = without_credentials(uri)
-    if user is None and password is None:
-        return uri
-    parts = urllib.parse.urlsplit(bare)
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user or ''}{':***' if password else ''}@{parts.netloc}"))
-
-
 def _use_credentials(uri: str) -> str:
     bare, user, password = without_credentials(uri)
     if user is not None:
