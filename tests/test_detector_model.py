@@ -85,6 +85,13 @@ def test_a_model_whose_wrapper_class_moved_fails_with_a_message_that_says_what_t
     assert issubclass(UnloadableDetectorError, CleanwellError)  # the CLI prints it without a traceback
 
 
+def _champion_and_held_back(cfg, version: str) -> tuple[str, LabelledData]:
+    """Point the alias at ``version``; held-back texts (8 + 8 wikiHow) to compare a candidate with it."""
+    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias, version)
+    human, machine = _domain("wikihow", 8)
+    return version, LabelledData(texts=[], labels=[], held_back_human=human, held_back_machine=machine)
+
+
 def test_a_champion_registered_with_the_old_wrapper_is_replaced(
         bundle: DetectorBundle, make_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_config()
@@ -93,10 +100,7 @@ def test_a_champion_registered_with_the_old_wrapper_is_replaced(
         info = mlflow.pyfunc.log_model(name="synthetic_text_detector",
                                        registered_model_name=cfg.detect.registered_model, **arguments)
         mlflow.log_dict({"content_hashes": []}, TRAINING_HASHES)
-    version = info.registered_model_version
-    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias, version)
-    human, machine = _domain("wikihow", 8)
-    data = LabelledData(texts=[], labels=[], held_back_human=human, held_back_machine=machine)
+    version, data = _champion_and_held_back(cfg, info.registered_model_version)
 
     comparison = compare_with_champion(cfg, bundle, data)
 
@@ -116,10 +120,7 @@ def test_a_champion_without_false_positive_rate_thresholds_is_replaced(
     with mlflow.start_run():
         info = log_detector_model(bundle, registered_model_name=cfg.detect.registered_model)
         mlflow.log_dict({"content_hashes": []}, TRAINING_HASHES)
-    version = info.registered_model_version
-    mlflow.MlflowClient().set_registered_model_alias(cfg.detect.registered_model, cfg.detect.alias, version)
-    human, machine = _domain("wikihow", 8)
-    data = LabelledData(texts=[], labels=[], held_back_human=human, held_back_machine=machine)
+    version, data = _champion_and_held_back(cfg, info.registered_model_version)
 
     comparison = compare_with_champion(cfg, bundle, data)
 
