@@ -140,8 +140,15 @@ def configure(cfg: Config):
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
         experiment = mlflow.set_experiment(cfg.tracking.experiment)
-    close_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id)
+    # Once per process and store: configure runs at every step start, the search need not.
+    checked = (tracking_uri(cfg), experiment.experiment_id)
+    if checked not in _abandoned_runs_checked:
+        close_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id)
+        _abandoned_runs_checked.add(checked)
     return mlflow
+
+
+_abandoned_runs_checked: set[tuple[str, str]] = set()
 
 
 def close_abandoned_runs(client, experiment_id: str) -> list[str]:
