@@ -47,6 +47,27 @@ def test_two_writers_creating_one_table_at_once_lose_no_row(spark, tmp_path):
         assert sum(inserted) == 15
 
 
+@pytest.mark.parametrize("merge", [tables.merge_insert_new, tables.merge_upsert])
+def test_a_writer_that_saw_no_table_merges_into_the_one_created_meanwhile(spark, tmp_path, monkeypatch, merge):
+    """The race CI caught: writer B checks, finds no table, writer A creates it, then B writes. B used to
+    append (blind append: no conflict) and the keys both wrote appeared twice. Made certain here by
+    letting B's first existence check answer "absent" after A's table is there."""
+    ref = tables.TableRef("race", str(tmp_path / "race"), True)
+    tables.merge_insert_new(spark.createDataFrame([(f"d{j}", 0) for j in range(10)], "doc_id string, w int"),
+                            ref, ["doc_id"])
+    stale = [False]  # the first check's answer; later checks see the truth
+    real_exists = tables.exists
+    monkeypatch.setattr(tables, "exists", lambda s, r: stale.pop() if stale else real_exists(s, r))
+    written = merge(spark.createDataFrame([(f"d{j}", 1) for j in range(5, 15)], "doc_id string, w int"), ref,
+                    ["doc_id"])
+    rows = {r["doc_id"]: r["w"] for r in tables.read_table(spark, ref).collect()}
+    assert tables.read_table(spark, ref).count() == len(rows) == 15
+    if merge is tables.merge_insert_new:
+        assert written == 5 and rows["d5"] == 0
+    else:
+        assert written == 10 and rows["d5"] == 1
+
+
 def test_conflicts_are_retried_then_reported_clearly(tmp_path):
     ref = tables.TableRef("busy", str(tmp_path / "busy"), True)
     calls = []

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.common import storage
@@ -199,20 +200,34 @@ def retry_on_conflict(ref: TableRef, action: Callable[[], T], attempts: int = CO
     raise AssertionError("unreachable")
 
 
+def _create(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> bool:
+    """Create the table holding ``df``'s rows; False when another writer created it first. The mode is
+    "error", not "append": an append that starts after the other writer's creation commits as a plain
+    append beside its rows (duplicate keys, seen in CI), while "error" checks inside Delta's transaction
+    that the table is still absent (a creation race on version 0 raises a conflict, which is retried)."""
+    writer = _writer(df, run_id).mode("error")
+    try:
+        writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    except AnalysisException:
+        if exists(df.sparkSession, ref):
+            return False
+        raise
+    return True
+
+
 def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
     """Insert rows whose key is not in the table yet (idempotent: re-running inserts nothing).
     Returns the number of rows inserted. ``df`` must be unique on ``keys``. Safe beside a concurrent
-    writer: the table is created by an append (never an overwrite that could drop the other writer's
-    rows), and a lost commit race is retried as a MERGE."""
+    writer: the table is created only if still absent (never by an append or overwrite that could
+    duplicate or drop the other writer's rows), and a lost race is retried as a MERGE."""
     spark = df.sparkSession
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
 
     def attempt() -> int:
         if not exists(spark, ref):
             count = df.count()
-            if count:
-                append(df, ref, run_id=run_id)
-            return count
+            if not count or _create(df, ref, run_id=run_id):
+                return count
         _with_commit_metadata(spark, run_id,
                               lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
                               .whenNotMatchedInsertAll().execute())
@@ -227,8 +242,7 @@ def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: s
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
 
     def attempt() -> int:
-        if not exists(spark, ref):
-            append(df, ref, run_id=run_id)
+        if not exists(spark, ref) and _create(df, ref, run_id=run_id):
             return df.count()
         _with_commit_metadata(spark, run_id,
                               lambda: _delta_table(spark, ref).alias("t").merge(df.alias("s"), condition)
