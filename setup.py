@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "click>=8.1",
     "py3langid>=0.2.2",
     "fsspec>=2024.2",
+    # zstd read to the exact byte of a break (pyarrow's codec drops its last 1 MiB buffer there).
+    "zstandard>=0.22",
 ]
 
 EXTRAS = {

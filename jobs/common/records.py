@@ -179,8 +179,57 @@ _BZ2_BLOCK_MAGICS = (b"\x31\x41\x59\x26\x53\x59", b"\x17\x72\x45\x38\x50\x90")  
 # pyarrow's ArrowInvalid is a ValueError, lzma.LZMAError, zlib.error), a file deleted or unreadable mid-read.
 _STREAM_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error)
 _BOM = b"\xef\xbb\xbf"
-# Stdlib readers that hand out every byte decompressed before a break (pyarrow's drop their last buffer).
-_EXACT_TO_THE_BREAK = {"gzip": gzip.open, "bz2": bz2.open}
+
+
+class _ZstdToTheBreak(io.RawIOBase):
+    """zstd frames decompressed with every byte before a break handed out, and the break raised: a stream
+    that ends inside a frame is EOFError, corrupt data OSError. (``zstandard``'s own ``stream_reader``
+    ends quietly at a truncation, which would lose the rest of the file without a quarantine row.)"""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._raw, self._zstd = raw, zstandard
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame, self._pending = False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._pending:
+            data = self._raw.read(_READ_BUFFER)
+            if not data:
+                if self._in_frame:
+                    raise EOFError("zstd stream ends inside a frame (truncated file)")
+                return 0
+            self._pending = self._feed(data)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size], self._pending = self._pending[:size], self._pending[size:]
+        return size
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            try:
+                out.append(self._frame.decompress(data))
+            except self._zstd.ZstdError as exc:
+                raise OSError(f"corrupt zstd data: {exc}") from None
+            self._in_frame = not self._frame.eof
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data  # the next frame's first bytes
+            self._frame = self._zstd.ZstdDecompressor().decompressobj()
+            self._in_frame = bool(data)
+        return b"".join(out)
+
+
+def _zstd_open(stream: BinaryIO, mode: str = "rb") -> BinaryIO:
+    return io.BufferedReader(_ZstdToTheBreak(stream), _READ_BUFFER)
+
+
+# Readers that hand out every byte decompressed before a break (pyarrow's drop their last buffer).
+_EXACT_TO_THE_BREAK = {"gzip": gzip.open, "bz2": bz2.open, "zstd": _zstd_open}
 # A \u escape of a UTF-16 surrogate; only a line holding one can decode to a lone surrogate.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
