@@ -36,7 +36,7 @@ EXTRAS = {
     # delta-spark 4.4.0, not 4.4.1: Maven Central does not serve the 4.4.1 JAR here.
     "spark": ["pyspark>=4.0,<4.2", "delta-spark>=4.0,<4.5"],
     "s3": ["s3fs>=2024.2"],
-    "dev": ["pytest>=8", "ruff>=0.6", "venv-pack2>=0.9", "moto[server]>=5"],
+    "dev": ["pytest>=8", "ruff>=0.6", "venv-pack2>=0.9", "moto[server]>=5", "hypothesis>=6.100"],
     "embeddings": ["sentence-transformers"],
 }
 
