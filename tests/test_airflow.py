@@ -204,14 +204,25 @@ def cluster_run_conf(folder: Path, cluster: SparkCluster, package: Package, pyth
     }
 
 
+# The DAG run's MLflow experiment and registered model on the shared test server.
+DAG_EXPERIMENT, DAG_MODEL = "airflow-dag", "airflow-dag-detector"
+
+
 @pytest.fixture(scope="module")
-def demo_dag_run(airflow_home, spark_cluster: SparkCluster, packaged: Package, tmp_path_factory):
+def demo_dag_run(airflow_home, spark_cluster: SparkCluster, packaged: Package, mlflow_server, tmp_path_factory):
     """The cleanwell DAG run once with dag.test() on the demo: (params, harness result, output, the
-    cluster's applications that finished during the run)."""
+    cluster's applications that finished during the run). Tracking goes to the test MLflow server, as a
+    team's scheduled runs would: each task is its own process, so what one step logs (the tokenizer, the
+    detector) must reach the next through the server."""
     folder = tmp_path_factory.mktemp("airflow-demo")
     with tarfile.open(packaged.env) as archive:  # the environment installed on the "nodes"
         archive.extractall(folder / "node-env", filter="tar")
     conf = cluster_run_conf(folder, spark_cluster, packaged, folder / "node-env")
+    config = yaml.safe_load(Path(conf["config"]).read_text())
+    config["tracking"] = {"experiment": DAG_EXPERIMENT}
+    config["detect"]["registered_model"] = DAG_MODEL
+    Path(conf["config"]).write_text(yaml.safe_dump(config))
+    conf["tracking_uri"] = mlflow_server.uri
     env = airflow_environment(airflow_home, AIRFLOW_CONN_CLEANWELL_CLUSTER=json.dumps(
         {"conn_type": "spark", "host": spark_cluster.master_url}))
     apps_before = {app["id"] for app in spark_cluster.state()["completedapps"]}
@@ -224,11 +235,12 @@ def demo_dag_run(airflow_home, spark_cluster: SparkCluster, packaged: Package, t
 
 @pytest.mark.slow
 @pytest.mark.spark
-def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_cluster, demo, spark):
+def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_cluster, mlflow_server, demo, spark):
     from mlflow import MlflowClient
 
     from jobs.common import tables
     from jobs.common.tracking import PIPELINE_RUN_ID_TAG
+    from tests.test_mlflow_server import local_mlflow_folders
 
     conf, result, output, applications = demo_dag_run
     (run,) = result["runs"]
@@ -248,9 +260,24 @@ def test_dag_runs_the_demo_pipeline_on_a_standalone_cluster(demo_dag_run, spark_
     assert (lake / "reports" / "latest.html").is_file()
 
     # Every step's MLflow run is grouped under Airflow's run id (CLEANWELL_PIPELINE_RUN_ID).
-    client = MlflowClient(tracking_uri=conf["tracking_uri"])
-    step_runs = [r for r in client.search_runs([client.get_experiment_by_name("cleanwell").experiment_id])
-                 if r.data.tags.get("cleanwell.step")]
-    assert sorted(r.data.tags["cleanwell.step"] for r in step_runs) == sorted(STEP_NAMES)
-    assert {r.data.tags[PIPELINE_RUN_ID_TAG] for r in step_runs} == {run["run_id"]}
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    step_runs = {r.data.tags["cleanwell.step"]: r
+                 for r in client.search_runs([client.get_experiment_by_name(DAG_EXPERIMENT).experiment_id])
+                 if r.data.tags.get("cleanwell.step")}
+    assert sorted(step_runs) == sorted(STEP_NAMES)
+    assert {r.data.tags[PIPELINE_RUN_ID_TAG] for r in step_runs.values()} == {run["run_id"]}
+    assert all(r.data.tags["airflow.task_id"] == step for step, r in step_runs.items())
     assert len(applications) == len(STEP_NAMES)  # one spark-submit application per step, on the cluster
+
+    # Steps in separate processes share models through the server: the tokenizer `tokenize` uploaded is in
+    # the server's store and `detect` downloaded it from there (the server's access log has the request);
+    # the detector `detect` registered has its files there and the champion alias.
+    tokenize = step_runs["tokenize"].info
+    tokenizer_path = f"{tokenize.experiment_id}/{tokenize.run_id}/artifacts/tokenizer/spm.model"
+    assert (mlflow_server.artifacts / tokenizer_path).is_file()
+    assert "GET /api/2.0/mlflow-artifacts/artifacts/" + tokenizer_path in mlflow_server.requests()
+    assert client.get_model_version_by_alias(DAG_MODEL, "champion").run_id == step_runs["detect"].info.run_id
+    assert step_runs["detect"].data.tags["detector.alias_moved"] == "true"
+    assert "champion -> version 1 (first registration)" in output
+    assert len(list((mlflow_server.artifacts / tokenize.experiment_id).rglob("detector_bundle.pkl"))) == 1
+    assert local_mlflow_folders(Path(conf["lake_root"]).parent) == []  # nothing tracked beside the run

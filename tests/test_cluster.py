@@ -27,6 +27,9 @@ SPARK_CONF = {
     "spark.driver.host": "127.0.0.1",  # the test cluster listens on loopback only
     "spark.driver.memory": "2g",
     "spark.executor.memory": "1500m",
+    # Delta replays a table's log in 50 tasks by default (cleanwell's local sessions use 2, conf/base.yaml):
+    # on this 2-core test cluster each replay took ~25 s of the demo's tiny tables, several per step.
+    "spark.databricks.delta.snapshotPartitions": "2",
 }
 
 # Where each executor's Python and cleanwell came from.

@@ -13,14 +13,13 @@ from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import pytest
 from mlflow import MlflowClient
 
 from jobs.common.config import load_config
 from jobs.common.tracking import configure, pipeline_run, tracked_run
 from jobs.detect import CHAMPION_COMPARISON, HELD_BACK_BUCKETS, is_held_back, train_standalone, training_set
-from jobs.pipeline import STEP_NAMES, echo_locations
-from tests.conftest import REPO, lake_overrides
+from jobs.pipeline import echo_locations
+from tests.conftest import REPO
 
 CLEANWELL = str(Path(sys.executable).with_name("cleanwell"))
 WIKIPEDIA = "data/m4/wikipedia_llama2.jsonl"
@@ -60,11 +59,6 @@ def server_config(server, tmp_path: Path, name: str, *extra: str):
     return load_config(overrides=[f"tracking.uri={server.uri}", f"tracking.experiment={name}",
                                   f"tracking.artifact_root={tmp_path / 'never-used'}",
                                   f"detect.registered_model={name}-detector", *extra])
-
-
-def step_runs(client: MlflowClient, experiment: str) -> list:
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return client.search_runs([experiment_id], "tags.`cleanwell.kind` = 'step'")
 
 
 def test_tracked_runs_carry_version_git_sha_airflow_ids_and_the_pipeline_run_id(mlflow_server, tmp_path,
@@ -193,44 +187,6 @@ def test_train_detector_process_registers_through_the_server(mlflow_server, tmp_
     bundles = list((mlflow_server.artifacts / experiment).rglob("detector_bundle.pkl"))
     assert len(bundles) == 1
     assert local_mlflow_folders(work) == []
-
-
-@pytest.mark.slow
-def test_each_step_in_its_own_process_shares_tokenizer_and_detector_through_the_server(mlflow_server, tmp_path):
-    work = workdir(tmp_path)
-    overrides = [o for o in lake_overrides(tmp_path / "out") if not o.startswith("tracking.")]
-    overrides += [f"tracking.uri={mlflow_server.uri}", "tracking.experiment=multi-process",
-                  "detect.registered_model=multi-process-detector"]
-    airflow = {"CLEANWELL_PIPELINE_RUN_ID": "scheduled__2026-12-01T00:00:00+00:00",
-               "AIRFLOW_CTX_DAG_ID": "cleanwell", "AIRFLOW_CTX_DAG_RUN_ID": "scheduled__2026-12-01T00:00:00+00:00"}
-    outputs = {}
-    for step in STEP_NAMES:
-        env = process_env(**airflow, AIRFLOW_CTX_TASK_ID=step)
-        outputs[step] = cleanwell([step, "--config", "conf/demo.yaml", *overrides], work, env)
-    assert "champion -> version 1 (first registration)" in outputs["detect"]
-
-    client = MlflowClient(mlflow_server.uri)
-    runs = {r.data.tags["cleanwell.step"]: r for r in step_runs(client, "multi-process")}
-    assert sorted(runs) == sorted(STEP_NAMES)
-    assert {r.data.tags["cleanwell.pipeline_run_id"] for r in runs.values()} == {airflow["CLEANWELL_PIPELINE_RUN_ID"]}
-    assert all(r.data.tags["airflow.task_id"] == step for step, r in runs.items())
-    assert {r.data.tags["cleanwell.git_sha"] for r in runs.values()} == {checkout_sha()}
-    assert {r.data.tags["cleanwell.version"] for r in runs.values()} == {metadata.version("cleanwell")}
-
-    # The tokenizer that `tokenize` uploaded is in the server's store, and `detect`, in its own process,
-    # downloaded it from there (the server's access log has the request).
-    tokenize = runs["tokenize"].info
-    tokenizer_path = f"{tokenize.experiment_id}/{tokenize.run_id}/artifacts/tokenizer/spm.model"
-    assert (mlflow_server.artifacts / tokenizer_path).is_file()
-    downloads = [line for line in mlflow_server.requests().splitlines()
-                 if "GET /api/2.0/mlflow-artifacts/artifacts/" + tokenizer_path in line]
-    assert downloads, "detect should download the tokenizer from the server"
-    # The detector: registered by `detect`, its files in the server's store, the alias on it.
-    version = client.get_model_version_by_alias("multi-process-detector", "champion")
-    assert version.run_id == runs["detect"].info.run_id
-    assert len(list((mlflow_server.artifacts / tokenize.experiment_id).rglob("detector_bundle.pkl"))) == 1
-    assert runs["detect"].data.tags["detector.alias_moved"] == "true"
-    assert local_mlflow_folders(work) == [] and local_mlflow_folders(tmp_path / "out") == []
 
 
 def test_a_password_in_the_tracking_uri_is_never_printed_and_still_reaches_mlflow(mlflow_server, tmp_path,
