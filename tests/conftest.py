@@ -26,6 +26,12 @@ def lake_overrides(root: Path) -> list[str]:
             f"report.dir={root / 'reports'}", "spark.conf.spark.sql.shuffle.partitions=4"]
 
 
+# A credential in the demo run's config, as a user's S3 key would be: harmless to a local lake (spark.conf is
+# outside every step's config hash), and no file the run writes may hold it (tests/test_secrets.py).
+PLANTED_SECRET = "PLANTED-demo-s3cr3t-91c4"
+DEMO_SECRETS = [f"spark.conf.spark.hadoop.fs.s3a.secret.key={PLANTED_SECRET}"]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_environment():
     os.chdir(REPO)  # demo paths are relative to the repository root
@@ -62,7 +68,7 @@ def demo(spark, tmp_path_factory):
     from jobs.pipeline import run_pipeline
 
     root = tmp_path_factory.mktemp("demo")
-    cfg = load_config([str(DEMO_CONFIG)], lake_overrides(root))
+    cfg = load_config([str(DEMO_CONFIG)], lake_overrides(root) + DEMO_SECRETS)
     outcomes = run_pipeline(cfg)
     return cfg, root, {o.step: o for o in outcomes}
 

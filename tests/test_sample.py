@@ -45,7 +45,9 @@ def judge(spark, cfg, mix, frame=None):
 def choose(spark, cfg, mix, frame=None):
     """(chosen rows as {(doc_id, epoch): row}, eligible frame) without publishing anything."""
     judged, _ = judge(spark, cfg, mix, frame)
-    judged = with_selection_order(judged, mix)
+    # Materialised once, as the sample step caches it: judged_cells and select's several actions would
+    # otherwise each recompute the eligibility lineage (silver read, the similarity UDF).
+    judged = with_selection_order(judged, mix).localCheckpoint(eager=True)
     eligible = judged.where(F.col("exclusion_reason").isNull()).drop("exclusion_reason")
     _, cells = allocate(judged_cells(judged, mix), mix)
     rows = select(eligible, mix, cells).collect()

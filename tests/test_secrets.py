@@ -18,7 +18,7 @@ from jobs.common.errors import InputError
 from jobs.common.runner import run_guarded
 from jobs.common.secrets import REDACTED, is_secret_key, redact, redact_text
 from jobs.common.tracking import tracked_run
-from tests.conftest import REPO
+from tests.conftest import PLANTED_SECRET, REPO
 
 PLANTED = "PLANTED-s3cr3t-7f3a"
 
@@ -109,3 +109,16 @@ def test_spark_conf_credentials_are_not_on_the_jvm_command_line(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     seen = json.loads(proc.stdout.split("PROBE", 1)[1].splitlines()[0])
     assert seen == {"hadoop": PLANTED, "secret_on_cmdline": False, "ordinary_on_cmdline": True}
+
+
+@pytest.mark.spark
+def test_no_file_a_whole_demo_run_writes_holds_a_configured_secret(demo) -> None:
+    """Every file under the demo run's root: Delta logs (commit info) and data files of every table,
+    manifests, the report, the MLflow sqlite store and its artifacts (config params, summaries, models)."""
+    cfg, root, _ = demo
+    assert cfg.spark.conf["spark.hadoop.fs.s3a.secret.key"] == PLANTED_SECRET  # the run had it configured
+    files = [path for path in root.rglob("*") if path.is_file()]
+    kinds = {path.suffix for path in files}
+    assert {".json", ".parquet", ".html", ".db"} <= kinds, kinds  # the scan covers every kind of evidence
+    leaks = [str(path.relative_to(root)) for path in files if PLANTED_SECRET.encode() in path.read_bytes()]
+    assert leaks == []
