@@ -97,6 +97,7 @@ def test_exact_duplicates_keep_best_provenance(spark, demo):
     assert dated and all(r["origin"] == "human" and r["provenance_method"] == "date-inferred" for r in dated)
 
 
+@pytest.mark.slow  # ~26 s; tests/test_crash_points.py's ingest rerun checks no bronze row twice in make test
 def test_rerunning_ingest_adds_no_rows_and_no_version(spark, fork_demo):
     cfg, _ = fork_demo()
     bronze_ref = tables.table_ref(cfg, "bronze")
@@ -138,6 +139,7 @@ def test_manifest_names_the_versions_it_read(spark, demo):
     assert json.loads(row["manifest"])["inputs"] == manifest["inputs"]
 
 
+@pytest.mark.slow  # ~40 s; test_sample's failed mixture gate checks the same promise on gold in make test
 def test_failing_gate_publishes_nothing(spark, fork_demo, tmp_path):
     suites = tmp_path / "suites"
     shutil.copytree(REPO / "conf" / "expectations", suites)

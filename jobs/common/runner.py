@@ -22,7 +22,7 @@ from typing import Any
 import click
 from pyspark.sql import SparkSession
 
-from jobs.common import gates, tables
+from jobs.common import faults, gates, tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import CleanwellError
 from jobs.common.secrets import redact_text
@@ -166,7 +166,7 @@ def execute(step: Step, spark: SparkSession, cfg: Config, *, steps: Sequence[Ste
         return StepOutcome(step.name, "up-to-date", time.perf_counter() - start)
     echo(f"[{step.name}] running …")
     params = {name: getattr(cfg, name).model_dump(mode="json") for name in step.config_sections}
-    with tracked_run(cfg, step.name, params=params) as log:
+    with faults.in_step(step.name), tracked_run(cfg, step.name, params=params) as log:
         log.tags({"cleanwell.config_hash": config_hash, **{f"input.{k}": v for k, v in inputs.items()}})
         try:
             with spark_progress(spark, step.name, echo), tables.guard_outputs(spark, cfg, step.name, step.outputs):

@@ -20,7 +20,7 @@ from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
-from jobs.common import storage
+from jobs.common import faults, storage
 from jobs.common.config import Config
 from jobs.common.errors import ConcurrentWriteError, InputError, SetupError
 
@@ -158,6 +158,7 @@ def _writer(df: DataFrame, run_id: str | None):
 def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replace_where: str | None = None,
               properties: dict[str, str] | None = None) -> int:
     """Replace the table (or the rows matching ``replace_where``) in one commit; schema may change."""
+    faults.point("before-write", ref.name)
     writer = _writer(df, run_id).mode("overwrite")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
@@ -166,13 +167,16 @@ def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replac
     writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
     if properties:
         set_properties(df.sparkSession, ref, properties)
+    faults.point("after-commit", ref.name)
     return current_version(df.sparkSession, ref)
 
 
 def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> None:
     """Add rows in one commit (bookkeeping tables: no version lookup, which costs a log read)."""
+    faults.point("before-write", ref.name)
     writer = _writer(df, run_id).mode("append").option("mergeSchema", "true")
     writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    faults.point("after-commit", ref.name)
 
 
 # Delta's optimistic concurrency: a commit that lost a race to another writer (two ingests creating the
@@ -233,7 +237,10 @@ def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_i
                               .whenNotMatchedInsertAll().execute())
         return _last_operation_metric(spark, ref, "numTargetRowsInserted")
 
-    return retry_on_conflict(ref, attempt)
+    faults.point("before-write", ref.name)
+    inserted = retry_on_conflict(ref, attempt)
+    faults.point("after-commit", ref.name)
+    return inserted
 
 
 def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: str | None = None) -> int:
@@ -250,7 +257,10 @@ def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: s
         return (_last_operation_metric(spark, ref, "numTargetRowsInserted")
                 + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
 
-    return retry_on_conflict(ref, attempt)
+    faults.point("before-write", ref.name)
+    changed = retry_on_conflict(ref, attempt)
+    faults.point("after-commit", ref.name)
+    return changed
 
 
 def set_properties(spark: SparkSession, ref: TableRef, properties: dict[str, str]) -> None:
