@@ -70,24 +70,32 @@ def installed_app(packaged: Package, tmp_path_factory) -> Package:
     return app
 
 
+# The first three steps (ingest's parsing, dedup's hashing, quality's Arrow UDFs), not the whole pipeline:
+# tests/test_airflow.py runs all nine steps of the same package with spark-submit (one process per step,
+# master local[2]) and compares the gold with the local run's. On this 2-core cluster the whole pipeline
+# took ~7 min of CI's 90 (2026-12-03), and what the cluster adds, executors in other processes running
+# the shipped environment, shows in the first UDF step as in the last.
+CLUSTER_STEPS = "ingest,dedup,quality"
+
+
 @pytest.mark.slow
 @pytest.mark.spark
-def test_packaged_pipeline_on_a_standalone_cluster_gives_the_local_gold(spark_cluster, installed_app, demo, spark,
-                                                                         tmp_path):
+def test_packaged_steps_on_a_standalone_cluster_give_the_local_silver(spark_cluster, installed_app, demo, spark,
+                                                                      tmp_path):
     out = tmp_path / "out"
     before = set(spark_cluster.executor_dirs())  # the session's cluster also ran other tests' applications
     proc = submit(spark_cluster, installed_app, installed_app.launcher.name, "run", "--config", "conf/demo.yaml",
-                  *lake_overrides(out)[:-1])
-    assert "pipeline finished: 9 step(s) ran" in proc.stdout, proc.stdout[-3000:]
+                  "--steps", CLUSTER_STEPS, *lake_overrides(out)[:-1])
+    assert "pipeline finished: 3 step(s) ran" in proc.stdout, proc.stdout[-3000:]
 
     local_cfg, _, _ = demo
-    cluster_gold = tables.read_table(spark, tables.TableRef("gold", str(out / "lake" / "gold_mixture"), True))
-    local_gold = tables.read_table(spark, tables.table_ref(local_cfg, "gold"))
-    ids = sorted(r["doc_id"] for r in cluster_gold.select("doc_id").collect())
-    assert ids and ids == sorted(r["doc_id"] for r in local_gold.select("doc_id").collect())
-    assert json.loads((out / "manifests" / "demo" / "latest.json").read_text())["documents"] == len(set(ids))
+    columns = ["doc_id", "n_words", "alpha_ratio", "gopher_mean_word_length", "detected_language"]
+    cluster_silver = tables.read_table(spark, tables.TableRef("silver", str(out / "lake" / "silver_documents"), True))
+    local_silver = tables.read_table(spark, tables.table_ref(local_cfg, "silver"))
+    rows = sorted(tuple(r) for r in cluster_silver.select(*columns).collect())
+    assert rows and rows == sorted(tuple(r) for r in local_silver.select(*columns).collect())
 
-    # Every executor of the pipeline's application unpacked the shipped environment ...
+    # Every executor of the application unpacked the shipped environment ...
     executors = [d for d in spark_cluster.executor_dirs() if d not in before]
     assert executors and all((d / "env" / "bin" / "python").exists() for d in executors)
 

@@ -224,6 +224,20 @@ def test_failed_mixture_gate_publishes_no_gold_and_no_manifest(spark, fork_demo,
     assert not (root / "manifests" / "impossible").exists()
 
 
+def test_rerunning_sample_on_the_same_inputs_replaces_its_manifest_row(spark, fork_demo):
+    # As after a run killed between the manifest row and the step's success record: the rerun must not
+    # leave two manifests of one mixture built from the same silver with the same config.
+    cfg, root = fork_demo()
+    before = tables.read_table(spark, tables.table_ref(cfg, "manifests")).collect()
+    execute(sample.STEP, spark, cfg, steps=STEPS, force=True)
+    after = tables.read_table(spark, tables.table_ref(cfg, "manifests")).collect()
+    latest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
+    assert len(before) == len(after) == 1
+    assert after[0]["run_id"] == latest["run_id"] != before[0]["run_id"]
+    assert after[0]["gold_version"] == latest["gold_version"] > before[0]["gold_version"]
+    assert after[0]["silver_version"] == before[0]["silver_version"]
+
+
 def test_demo_mixture_manifest_and_shards(spark, demo):
     cfg, root, outcomes = demo
     manifest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())

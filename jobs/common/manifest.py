@@ -127,7 +127,12 @@ def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], l
             json.dumps(manifest, default=str), dt.datetime.now(dt.UTC))]
     schema = ("run_id string, mixture string, config_hash string, silver_version long, gold_version long, "
               "token_budget long, tokens long, documents long, manifest string, created_at timestamp")
-    tables.append(spark.createDataFrame(row, schema), tables.table_ref(cfg, "manifests"), run_id=log.run_id)
+    # One row per mixture built from one silver version with one config: a rerun of sample on the same
+    # inputs (--force, or after a run killed between this write and its success record) replaces the row
+    # instead of adding a second one for the same mixture. The per-run JSON files above and the table's
+    # Delta history keep the replaced manifest.
+    tables.merge_upsert(spark.createDataFrame(row, schema), tables.table_ref(cfg, "manifests"),
+                        ("mixture", "silver_version", "config_hash"), run_id=log.run_id)
     log.artifact_text(text, f"manifest/{manifest['run_id']}.json")
     return path
 
