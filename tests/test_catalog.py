@@ -27,7 +27,6 @@ from tests.conftest import DEMO_CONFIG, REPO
 CATALOG = "spark_catalog"
 VOLUME = "files"
 EXPERIMENT = "/Shared/cleanwell-test"
-FAST_STEPS = ["ingest", "dedup", "quality", "neardup"]
 
 
 @pytest.fixture
@@ -85,57 +84,32 @@ def test_a_missing_schema_is_reported_not_created(spark, tmp_path):
     assert not spark.catalog.databaseExists(f"{CATALOG}.{schema}")
 
 
-# slow: four steps on catalog tables (~60 s); resume is covered fast by test_pipeline's rerun test and
-# naming by the other tests here.
-@pytest.mark.slow
-@pytest.mark.spark
-def test_steps_write_catalog_tables_by_name_and_resume(spark, local_schema, tmp_path):
-    cfg = catalog_config(tmp_path, local_schema)
-    first = {o.step: o for o in run_pipeline(cfg, FAST_STEPS)}
-    assert [o.status for o in first.values()] == ["ran"] * len(FAST_STEPS)
-
-    for name in ("bronze", "quarantine", "silver", "band_index", "gate_results", "pipeline_runs"):
-        physical = getattr(cfg.tables, name)
-        assert spark.catalog.tableExists(table_name(local_schema, physical)), physical
-        location = spark.sql(f"DESCRIBE DETAIL {table_name(local_schema, physical)}").first()["location"]
-        assert location.replace("file://", "file:").startswith(f"file:{tmp_path / 'schema'}/"), location
-    files = Path(volume_path(CATALOG, local_schema, VOLUME, str(tmp_path / "Volumes")))
-    assert not (files / "lake").exists()  # no table by path in catalog mode
-
-    silver = spark.table(table_name(local_schema, cfg.tables.silver))
-    bronze = spark.table(table_name(local_schema, cfg.tables.bronze))
-    assert silver.count() == bronze.select("doc_id").distinct().count() > 400
-    # Every silver commit of dedup, quality and neardup names its MLflow run, read back by table name.
-    history = spark.sql(f"DESCRIBE HISTORY {table_name(local_schema, cfg.tables.silver)}").collect()
-    assert {f"mlflow_run_id={first[s].run_id}" for s in ("dedup", "quality", "neardup")} <= \
-        {r["userMetadata"] for r in history}
-    # neardup records its settings as table properties (ALTER TABLE by name).
-    silver_ref = tables.table_ref(cfg, "silver")
-    assert tables.properties(spark, silver_ref)["cleanwell.neardup.enabled"] == "true"
-    assert tables.history(spark, silver_ref, 1).first()["operation"] == "SET TBLPROPERTIES"
-
-    again = run_pipeline(cfg, FAST_STEPS)
-    assert [(o.step, o.status) for o in again] == [(s, "up-to-date") for s in FAST_STEPS]
-
-    # A forced re-ingest MERGEs by name and inserts nothing: same rows, no new bronze version.
-    bronze_ref = tables.table_ref(cfg, "bronze")
-    version = tables.current_version(spark, bronze_ref)
-    forced = execute(ingest.STEP, spark, cfg, steps=STEPS, force=True)
-    assert forced.summary["inserted"] == 0
-    assert forced.summary["removed"]["already_ingested"] == bronze.count()
-    assert tables.current_version(spark, bronze_ref) == version
-
-
+# slow: the whole pipeline on catalog tables (~3 min); naming is covered fast by the other tests here and
+# resume by test_pipeline's rerun test. One run for all of it: the four-step run this replaced cost ~80 s.
 @pytest.mark.spark
 @pytest.mark.slow
 def test_whole_pipeline_on_catalog_tables_with_a_three_part_model_name(spark, local_schema, tmp_path):
     import mlflow
 
     cfg = catalog_config(tmp_path, local_schema)
-    assert [o.status for o in run_pipeline(cfg)] == ["ran"] * len(STEP_NAMES)
+    first = {o.step: o for o in run_pipeline(cfg)}
+    assert [o.status for o in first.values()] == ["ran"] * len(STEP_NAMES)
 
-    for name in ("gold", "manifests", "clusters"):
-        assert spark.catalog.tableExists(table_name(local_schema, getattr(cfg.tables, name))), name
+    for name in ("bronze", "quarantine", "silver", "band_index", "gate_results", "pipeline_runs", "gold",
+                 "manifests", "clusters"):
+        physical = getattr(cfg.tables, name)
+        assert spark.catalog.tableExists(table_name(local_schema, physical)), physical
+        location = spark.sql(f"DESCRIBE DETAIL {table_name(local_schema, physical)}").first()["location"]
+        assert location.replace("file://", "file:").startswith(f"file:{tmp_path / 'schema'}/"), location
+    silver = spark.table(table_name(local_schema, cfg.tables.silver))
+    bronze = spark.table(table_name(local_schema, cfg.tables.bronze))
+    assert silver.count() == bronze.select("doc_id").distinct().count() > 400
+    # Every silver commit of the signal steps names its MLflow run, read back by table name.
+    history = spark.sql(f"DESCRIBE HISTORY {table_name(local_schema, cfg.tables.silver)}").collect()
+    assert {f"mlflow_run_id={first[s].run_id}" for s in ("dedup", "quality", "neardup")} <= \
+        {r["userMetadata"] for r in history}
+    # neardup records its settings as table properties (ALTER TABLE by name).
+    assert tables.properties(spark, tables.table_ref(cfg, "silver"))["cleanwell.neardup.enabled"] == "true"
     store = cfg.tracking.uri
     model = f"{CATALOG}.{local_schema}.{DETECTOR_MODEL}"
     champion = mlflow.MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_by_alias(model,
@@ -151,6 +125,14 @@ def test_whole_pipeline_on_catalog_tables_with_a_three_part_model_name(spark, lo
     assert [p.name for p in (files / "lake").iterdir()] == ["exports"]  # no table by path in catalog mode
 
     assert [o.status for o in run_pipeline(cfg)] == ["up-to-date"] * len(STEP_NAMES)
+
+    # A forced re-ingest MERGEs by name and inserts nothing: same rows, no new bronze version.
+    bronze_ref = tables.table_ref(cfg, "bronze")
+    version = tables.current_version(spark, bronze_ref)
+    forced = execute(ingest.STEP, spark, cfg, steps=STEPS, force=True)
+    assert forced.summary["inserted"] == 0
+    assert forced.summary["removed"]["already_ingested"] == bronze.count()
+    assert tables.current_version(spark, bronze_ref) == version
 
 
 def upstream_writers(index: int) -> dict[str, str]:

@@ -3,15 +3,11 @@ from __future__ import annotations
 
 import ast
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from jobs.common.session import DELTA_ARTIFACTS, delta_jar_paths
-from tests.conftest import REPO, lake_overrides
+from tests.conftest import REPO
 
 
 class FakeWidgets:
@@ -88,24 +84,6 @@ def test_notebooks_call_jobs_instead_of_copying_them():
         assert "unity_catalog_overrides" in called, path.name
 
 
-# slow: a spark-submit JVM of its own (~27 s); test_cluster's packaged run submits on a cluster too.
-@pytest.mark.slow
-@pytest.mark.spark
-def test_spark_submit_runs_a_job(tmp_path):
-    """spark-submit with the cluster's own settings (here: local[2] + Delta passed as --conf/--jars)."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "a.jsonl").write_text('{"text": "one small document"}\n{"text": "another one"}\n{"bad json\n')
-    config = tmp_path / "c.yaml"
-    config.write_text(f"ingest:\n  sources:\n    - {{name: tiny, path: {source}, format: jsonl}}\n")
-    submit = Path(sys.executable).parent / "spark-submit"
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
-    cmd = [str(submit), "--master", "local[2]", "--jars", ",".join(map(str, delta_jar_paths())),
-           "--conf", "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension",
-           "--conf", "spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog",
-           "--conf", "spark.ui.enabled=false",
-           str(REPO / "jobs" / "submit.py"), "ingest", "--config", str(config), *lake_overrides(tmp_path)[:-1]]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[ingest] done" in proc.stdout and "inserted 2" in proc.stdout and "malformed_json 1" in proc.stdout
-    assert len(DELTA_ARTIFACTS) == 2
+# spark-submit of jobs/submit.py (dist/cleanwell_submit.py is a copy of it) with master local[2] and Delta
+# passed as --conf/--jars: every task of tests/test_airflow.py's demo DAG run does that, so the one-step
+# version that was here (~45 s of CI) is gone.

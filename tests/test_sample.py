@@ -14,7 +14,7 @@ from jobs.common.config import load_mixture
 from jobs.common.detector_registry import FPR_THRESHOLDS_TAG, current_champion, resolve_detector_threshold
 from jobs.common.eligibility import eligibility
 from jobs.common.errors import GateFailed
-from jobs.common.manifest import mixture_summary
+from jobs.common.manifest import mixture_summary, write_manifest
 from jobs.common.runner import execute
 from jobs.common.selection import allocate, judged_cells, select, with_selection_order
 from jobs.common.tracking import configure, tracked_run
@@ -224,18 +224,28 @@ def test_failed_mixture_gate_publishes_no_gold_and_no_manifest(spark, fork_demo,
     assert not (root / "manifests" / "impossible").exists()
 
 
-def test_rerunning_sample_on_the_same_inputs_replaces_its_manifest_row(spark, fork_demo):
-    # As after a run killed between the manifest row and the step's success record: the rerun must not
-    # leave two manifests of one mixture built from the same silver with the same config.
-    cfg, root = fork_demo()
-    before = tables.read_table(spark, tables.table_ref(cfg, "manifests")).collect()
-    execute(sample.STEP, spark, cfg, steps=STEPS, force=True)
-    after = tables.read_table(spark, tables.table_ref(cfg, "manifests")).collect()
-    latest = json.loads((root / "manifests" / "demo" / "latest.json").read_text())
-    assert len(before) == len(after) == 1
-    assert after[0]["run_id"] == latest["run_id"] != before[0]["run_id"]
-    assert after[0]["gold_version"] == latest["gold_version"] > before[0]["gold_version"]
-    assert after[0]["silver_version"] == before[0]["silver_version"]
+def test_a_manifest_for_the_same_silver_and_config_replaces_the_row_another_adds_one(spark, make_config):
+    # As after a run killed between the manifest row and sample's success record: the rerun writes the
+    # manifest again (another run id and gold version) and must not leave two rows for one mixture built
+    # from the same silver with the same config (bench.reliability found 2 extra rows before the MERGE).
+    cfg = make_config()
+    base = {"mixture": "demo", "config_hash": "c1", "inputs": {"silver": {"location": "s", "version": 7}},
+            "token_budget": 100, "tokens": 99, "documents": 3}
+
+    def write(run_id: str, gold_version: int, **changes) -> list[tuple]:
+        with tracked_run(cfg, "sample") as log:
+            write_manifest(spark, cfg, {**base, "run_id": run_id, "gold_version": gold_version, **changes}, log)
+        table = tables.read_table(spark, tables.table_ref(cfg, "manifests"))
+        return sorted(tuple(r) for r in table.select("run_id", "config_hash", "silver_version", "gold_version")
+                      .collect())
+
+    assert write("r1", 1) == [("r1", "c1", 7, 1)]
+    assert write("r2", 2) == [("r2", "c1", 7, 2)]  # the rerun replaced its row
+    assert write("r3", 3, config_hash="c2") == [("r2", "c1", 7, 2), ("r3", "c2", 7, 3)]  # another config
+    latest = json.loads((Path(cfg.sample.manifest_dir) / "demo" / "latest.json").read_text())
+    assert latest["run_id"] == "r3"
+    assert {f.name for f in (Path(cfg.sample.manifest_dir) / "demo").iterdir()} == \
+        {"latest.json", "r1.json", "r2.json", "r3.json"}  # each run's JSON is kept
 
 
 def test_demo_mixture_manifest_and_shards(spark, demo):

@@ -5,6 +5,8 @@ with SIGKILL (no ``finally``, no atexit, no MLflow run end: what a lost executor
 does). A point is ``<step>:<event>:<table>``, where ``<table>`` is a key of ``conf tables``:
 
 - ``before-write``: the step is about to commit to the table (its work so far is only in memory);
+- ``mid-write``: the write's first new data file has appeared in the table's folder and its commit is
+  not in the Delta log yet (path tables only: a catalog table's folder is the metastore's business);
 - ``after-commit``: the commit is in the Delta log, nothing after it has run.
 
 Every Delta write of a step passes these points, including the bookkeeping tables, so
@@ -21,10 +23,14 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 ENV = "CLEANWELL_KILL_AT"
-EVENTS = ("before-write", "after-commit")
+EVENTS = ("before-write", "mid-write", "after-commit")
+# How often mid-write looks for the write's first data file. A task holds its file open from its start
+# to its end and the commit comes after the whole job, so 20 ms sees the file long before the commit.
+POLL_SECONDS = 0.02
 _step: str | None = None
 
 
@@ -39,16 +45,74 @@ def in_step(name: str) -> Iterator[None]:
         _step = previous
 
 
+def _wanted() -> set[str] | str | None:
+    wanted = os.environ.get(ENV)
+    if not wanted or wanted == "list":
+        return wanted
+    return {p.strip() for p in wanted.split(",")}
+
+
+def _kill(name: str) -> None:
+    print(f"[crash point] {name}: SIGKILL", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def point(event: str, table: str) -> None:
     """Pass the crash point ``<current step>:<event>:<table>``; SIGKILL here when it is listed."""
-    wanted = os.environ.get(ENV)
+    wanted = _wanted()
     if not wanted:
         return
     name = f"{_step or 'none'}:{event}:{table}"
     if wanted == "list":
         print(f"[crash point] {name}", file=sys.stderr, flush=True)
+    elif name in wanted:
+        _kill(name)
+
+
+@contextlib.contextmanager
+def writing(table: str, location: str | None) -> Iterator[None]:
+    """Around the Spark write of a path table at ``location``: the point ``<step>:mid-write:<table>``.
+    When it is listed, a thread watches the folder and SIGKILLs the process as soon as a new data file
+    is there while the Delta log has no new commit (data on storage, nothing committed: what Delta's
+    atomic commit has to make invisible). If the commit wins the race the point is reported as missed
+    and the process lives, so a test of it fails instead of testing an after-commit kill."""
+    wanted = _wanted()
+    name = f"{_step or 'none'}:mid-write:{table}"
+    if wanted == "list" and location is not None:
+        print(f"[crash point] {name}", file=sys.stderr, flush=True)
+    if not wanted or wanted == "list" or name not in wanted or location is None:
+        yield
         return
-    if name in {p.strip() for p in wanted.split(",")}:
-        print(f"[crash point] {name}: SIGKILL", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(location)
+
+    def files() -> tuple[set[str], set[str]]:
+        try:
+            found = fs.find(root)
+        except FileNotFoundError:
+            found = []
+        data = {f for f in found if f.endswith(".parquet") and "/_delta_log/" not in f}
+        return data, {f for f in found if "/_delta_log/" in f and f.endswith(".json")}
+
+    data_before, log_before = files()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(POLL_SECONDS):
+            data, log = files()
+            if data - data_before:
+                if not log - log_before:
+                    _kill(name)
+                return
+
+    watcher = threading.Thread(target=watch, name="cleanwell-mid-write", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        # Still alive: the commit (or the end of the write) came before the watcher saw a data file.
+        print(f"[crash point] {name}: missed (the commit came first)", file=sys.stderr, flush=True)

@@ -164,7 +164,8 @@ def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replac
         writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
     else:
         writer = writer.option("overwriteSchema", "true")
-    writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    with faults.writing(ref.name, ref.location if ref.by_path else None):
+        writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
     if properties:
         set_properties(df.sparkSession, ref, properties)
     faults.point("after-commit", ref.name)
@@ -175,7 +176,8 @@ def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> None:
     """Add rows in one commit (bookkeeping tables: no version lookup, which costs a log read)."""
     faults.point("before-write", ref.name)
     writer = _writer(df, run_id).mode("append").option("mergeSchema", "true")
-    writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
+    with faults.writing(ref.name, ref.location if ref.by_path else None):
+        writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
     faults.point("after-commit", ref.name)
 
 
@@ -238,7 +240,8 @@ def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_i
         return _last_operation_metric(spark, ref, "numTargetRowsInserted")
 
     faults.point("before-write", ref.name)
-    inserted = retry_on_conflict(ref, attempt)
+    with faults.writing(ref.name, ref.location if ref.by_path else None):
+        inserted = retry_on_conflict(ref, attempt)
     faults.point("after-commit", ref.name)
     return inserted
 
@@ -258,7 +261,8 @@ def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: s
                 + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
 
     faults.point("before-write", ref.name)
-    changed = retry_on_conflict(ref, attempt)
+    with faults.writing(ref.name, ref.location if ref.by_path else None):
+        changed = retry_on_conflict(ref, attempt)
     faults.point("after-commit", ref.name)
     return changed
 
