@@ -2,8 +2,9 @@
 
 1. **Crash at every commit point.** A reference ``cleanwell run`` of the demo lists every crash point it
    passes (jobs/common/faults.py: before, during (data files written, no commit yet: path tables) and
-   after each Delta commit of each step, bookkeeping tables included). Then, on a second lake, a chain: for each point in order, ``cleanwell run`` killed with
-   SIGKILL there; after each kill every table's latest version is read whole (it must be readable and
+   after each Delta commit of each step, bookkeeping tables included). Then, on a second lake, a chain:
+   for each point in order, ``cleanwell run`` killed with SIGKILL there; after each kill every table's
+   latest version is read whole (it must be readable and
    complete); the next run resumes (finished steps skipped) and is killed at the next point. A final
    plain run must give the reference's outputs: same (doc_id, source) in bronze, same doc_ids in silver
    and gold, same quarantine rows, same manifest counts, each step recorded once, no MLflow run left

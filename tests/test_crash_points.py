@@ -89,8 +89,10 @@ def test_ingest_killed_mid_write_and_then_between_bronze_and_quarantine_is_finis
 
     assert mid_write.returncode == KILLED, mid_write.stderr[-3000:]
     assert "[crash point] ingest:mid-write:bronze: SIGKILL" in mid_write.stderr
+    # Data files and no commit: no bronze table. Checked on the files, not through this session: Delta's
+    # isDeltaTable answers from the JVM's cached log state, and a session that saw the table absent keeps
+    # seeing it absent after another process creates it (found here; docs/reliability.md).
     assert list(bronze_folder.rglob("*.parquet")) and not list(bronze_folder.glob("_delta_log/*.json"))
-    assert rows(spark, cfg, "bronze", *bronze_columns) is None
 
     killed = cleanwell_run(tmp_path, "--steps", "ingest", kill_at="ingest:after-commit:bronze")
 

@@ -112,6 +112,7 @@ def test_rerunning_ingest_adds_no_rows_and_no_version(spark, fork_demo):
     assert read(spark, cfg, "bronze", version=0).count() == before[1]  # time travel to the first commit
 
 
+@pytest.mark.slow  # ~78 s; CI runs it (make test's time: docs/performance.md)
 def test_rerun_skips_up_to_date_steps_and_a_mixture_change_reruns_only_sample(spark, fork_demo, tmp_path):
     cfg, _ = fork_demo()
     assert {o.step: o.status for o in run_pipeline(cfg)} == dict.fromkeys(STEP_NAMES, "up-to-date")
