@@ -52,7 +52,7 @@ from jobs.common import faults
 table = Path(sys.argv[1])
 (table / "_delta_log").mkdir(parents=True)
 first, second = (table / "part-0.parquet", table / "_delta_log" / "00000.json")[::int(sys.argv[2])]
-with faults.in_step("ingest"), faults.writing("bronze", str(table)):
+with faults.in_step("ingest"), faults.committing("bronze", str(table)):
     first.write_text("x")
     time.sleep(1)
     second.write_text("x")

@@ -58,12 +58,16 @@ def _kill(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _name(event: str, table: str) -> str:
+    return f"{_step or 'none'}:{event}:{table}"
+
+
 def point(event: str, table: str) -> None:
     """Pass the crash point ``<current step>:<event>:<table>``; SIGKILL here when it is listed."""
     wanted = _wanted()
     if not wanted:
         return
-    name = f"{_step or 'none'}:{event}:{table}"
+    name = _name(event, table)
     if wanted == "list":
         print(f"[crash point] {name}", file=sys.stderr, flush=True)
     elif name in wanted:
@@ -71,14 +75,24 @@ def point(event: str, table: str) -> None:
 
 
 @contextlib.contextmanager
-def writing(table: str, location: str | None) -> Iterator[None]:
-    """Around the Spark write of a path table at ``location``: the point ``<step>:mid-write:<table>``.
-    When it is listed, a thread watches the folder and SIGKILLs the process as soon as a new data file
-    is there while the Delta log has no new commit (data on storage, nothing committed: what Delta's
-    atomic commit has to make invisible). If the commit wins the race the point is reported as missed
-    and the process lives, so a test of it fails instead of testing an after-commit kill."""
+def committing(table: str, location: str | None) -> Iterator[None]:
+    """Around one Delta write of ``table``: ``before-write`` on entry, ``mid-write`` during it (path
+    tables, at ``location``; None for a catalog table), ``after-commit`` once it returned."""
+    point("before-write", table)
+    with _mid_write(table, location):
+        yield
+    point("after-commit", table)
+
+
+@contextlib.contextmanager
+def _mid_write(table: str, location: str | None) -> Iterator[None]:
+    """The point ``<step>:mid-write:<table>``. When it is listed, a thread watches the folder and
+    SIGKILLs the process as soon as a new data file is there while the Delta log has no new commit (data
+    on storage, nothing committed: what Delta's atomic commit has to make invisible). If the commit wins
+    the race the point is reported as missed and the process lives, so a test of it fails instead of
+    testing an after-commit kill."""
     wanted = _wanted()
-    name = f"{_step or 'none'}:mid-write:{table}"
+    name = _name("mid-write", table)
     if wanted == "list" and location is not None:
         print(f"[crash point] {name}", file=sys.stderr, flush=True)
     if not wanted or wanted == "list" or name not in wanted or location is None:
@@ -114,5 +128,5 @@ def writing(table: str, location: str | None) -> Iterator[None]:
     finally:
         done.set()
         watcher.join()
-        # Still alive: the commit (or the end of the write) came before the watcher saw a data file.
-        print(f"[crash point] {name}: missed (the commit came first)", file=sys.stderr, flush=True)
+    # Still alive after the write returned: its commit came before the watcher saw a data file.
+    print(f"[crash point] {name}: missed (the commit came first)", file=sys.stderr, flush=True)

@@ -155,30 +155,31 @@ def _writer(df: DataFrame, run_id: str | None):
     return writer.option("userMetadata", f"mlflow_run_id={run_id}") if run_id else writer
 
 
+def _crash_points(ref: TableRef):
+    """jobs/common/faults.py's points around one write of ``ref`` (mid-write only for a path table)."""
+    return faults.committing(ref.name, ref.location if ref.by_path else None)
+
+
 def overwrite(df: DataFrame, ref: TableRef, *, run_id: str | None = None, replace_where: str | None = None,
               properties: dict[str, str] | None = None) -> int:
     """Replace the table (or the rows matching ``replace_where``) in one commit; schema may change."""
-    faults.point("before-write", ref.name)
     writer = _writer(df, run_id).mode("overwrite")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where).option("mergeSchema", "true")
     else:
         writer = writer.option("overwriteSchema", "true")
-    with faults.writing(ref.name, ref.location if ref.by_path else None):
+    with _crash_points(ref):
         writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
-    if properties:
-        set_properties(df.sparkSession, ref, properties)
-    faults.point("after-commit", ref.name)
+        if properties:
+            set_properties(df.sparkSession, ref, properties)
     return current_version(df.sparkSession, ref)
 
 
 def append(df: DataFrame, ref: TableRef, *, run_id: str | None = None) -> None:
     """Add rows in one commit (bookkeeping tables: no version lookup, which costs a log read)."""
-    faults.point("before-write", ref.name)
     writer = _writer(df, run_id).mode("append").option("mergeSchema", "true")
-    with faults.writing(ref.name, ref.location if ref.by_path else None):
+    with _crash_points(ref):
         writer.save(ref.location) if ref.by_path else writer.saveAsTable(ref.location)
-    faults.point("after-commit", ref.name)
 
 
 # Delta's optimistic concurrency: a commit that lost a race to another writer (two ingests creating the
@@ -239,10 +240,8 @@ def merge_insert_new(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_i
                               .whenNotMatchedInsertAll().execute())
         return _last_operation_metric(spark, ref, "numTargetRowsInserted")
 
-    faults.point("before-write", ref.name)
-    with faults.writing(ref.name, ref.location if ref.by_path else None):
+    with _crash_points(ref):
         inserted = retry_on_conflict(ref, attempt)
-    faults.point("after-commit", ref.name)
     return inserted
 
 
@@ -260,10 +259,8 @@ def merge_upsert(df: DataFrame, ref: TableRef, keys: Sequence[str], *, run_id: s
         return (_last_operation_metric(spark, ref, "numTargetRowsInserted")
                 + _last_operation_metric(spark, ref, "numTargetRowsUpdated"))
 
-    faults.point("before-write", ref.name)
-    with faults.writing(ref.name, ref.location if ref.by_path else None):
+    with _crash_points(ref):
         changed = retry_on_conflict(ref, attempt)
-    faults.point("after-commit", ref.name)
     return changed
 
 
