@@ -152,3 +152,20 @@ def test_a_step_refuses_to_overwrite_a_table_another_run_wrote_while_it_ran(spar
 
     execute(rewrite(other_writer=False), spark, cfg, steps=[], force=True, echo=lambda _: None)
     assert [r["doc_id"] for r in tables.read_table(spark, ref).collect()] == ["mine"]
+
+
+def test_a_table_another_process_created_after_this_session_looked_is_seen(spark, tmp_path):
+    """Delta's isDeltaTable answers from the JVM's cached log: a session that looked at a path while it
+    had no table kept answering "absent" after another process created one there (found by the mid-write
+    test). The other process is stood in for by copying a table's files in behind the JVM's back."""
+    import shutil
+
+    made = tables.TableRef("made", str(tmp_path / "made"), True)
+    tables.overwrite(spark.createDataFrame([("d0", 0), ("d1", 1)], "doc_id string, w int"), made)
+    ref = tables.TableRef("late", str(tmp_path / "late"), True)
+    (tmp_path / "late" / "_delta_log").mkdir(parents=True)  # what a write in flight leaves before its commit
+    assert not tables.exists(spark, ref)
+    shutil.copytree(made.location, ref.location, dirs_exist_ok=True)
+    assert tables.exists(spark, ref)
+    assert tables.read_table(spark, ref).count() == 2
+    assert tables.current_version(spark, ref) == 0

@@ -64,7 +64,16 @@ def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 
 def exists(spark: SparkSession, ref: TableRef) -> bool:
     if ref.by_path:
-        return DeltaTable.isDeltaTable(spark, ref.location)
+        if DeltaTable.isDeltaTable(spark, ref.location):
+            return True
+        # isDeltaTable answers from the JVM's cached log: a path this session saw with an empty _delta_log
+        # (another process's write in flight) stays "absent" after that process commits. A read refreshes
+        # the log, so "no" is confirmed by one (docs/reliability.md; test_concurrency.py).
+        try:
+            spark.read.format("delta").load(ref.location)
+        except AnalysisException:
+            return False
+        return True
     if spark.catalog.tableExists(ref.location):
         return True
     require_schema(spark, ref.location.rpartition(".")[0])
