@@ -3,8 +3,11 @@
 Runs ``jobs.collapse_lab.run_lab`` with the default configuration (or ``key=value`` overrides of the
 ``collapse_lab`` section, e.g. ``collapse_lab.generations=3``), prints generation 0 and the last generation
 of every regime x temperature, and writes everything to ``bench/results/collapse_lab.json`` with the wall
-time and the machine. The regimes are compared with each other in the same run (same human split,
-tokenizer, detector and seeds), so the ratios hold on a noisy machine; the seconds do not.
+time and the machine (``collapse_lab_spark.json`` with ``collapse_lab.engine=spark``, so a run of the spark
+engine does not replace the default run's figures). The regimes are compared with each other in the same
+run (same human split, tokenizer, detector and seeds), so the ratios hold on a noisy machine; the seconds
+do not. The spark engine runs the pipeline's steps from the working directory, so run it from the
+repository root (``detect.training_files`` are relative paths).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from jobs.collapse_lab import METRICS, run_lab, summary_table
 from jobs.common.config import load_config
 
-RESULTS_PATH = Path(__file__).resolve().parent / "results" / "collapse_lab.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHOWN = ("heldout_perplexity", "tail_coverage", "distinct_n", "unigram_kl", "synthetic_share", "detector_auroc")
 
 
@@ -33,9 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     for row in results["summary"]:
         print(f"| {row['run']} | " + " | ".join(f"{row[f'{m}@0']:.4g} -> {row[f'{m}@last']:.4g}" for m in SHOWN) + " |")
     print(f"{len(results['series'])} runs, {results['seconds']} s; metrics: {', '.join(METRICS)}")
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    print(f"written to {RESULTS_PATH.relative_to(RESULTS_PATH.parents[2])}")
+    path = RESULTS_DIR / ("collapse_lab_spark.json" if cfg.collapse_lab.engine == "spark" else "collapse_lab.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    print(f"written to {path.relative_to(RESULTS_DIR.parents[1])}")
 
 
 if __name__ == "__main__":

@@ -68,17 +68,23 @@ def train_detector_command(config_files: tuple[str, ...], overrides: tuple[str, 
 @config_options
 @click.option("--generations", type=click.IntRange(1, 100), default=None,
               help="Generations after generation 0 (default: collapse_lab.generations, 10).")
-def collapse_lab_command(config_files: tuple[str, ...], overrides: tuple[str, ...], generations: int | None) -> None:
+@click.option("--engine", type=click.Choice(["numpy", "spark"]), default=None,
+              help="Curated regimes' curation: numpy (one process, the steps' functions; default) or spark (the "
+                   "pipeline's steps on a Delta lake per regime and temperature, every generation).")
+def collapse_lab_command(config_files: tuple[str, ...], overrides: tuple[str, ...], generations: int | None,
+                         engine: str | None) -> None:
     """Train a small n-gram model on human text, retrain it generation after generation on its own samples
     under each regime (replace, accumulate, curated, curated_feedback) and temperature, and measure what
     cleanwell's guardrails change: held-out perplexity, tail coverage, distinct-n, vocabulary, unigram KL,
-    synthetic share, detector AUROC (docs/collapse_lab.md). No Spark; one MLflow run; figures, report.html
-    and results.json in collapse_lab.output_dir.
+    synthetic share, detector AUROC (docs/collapse_lab.md). One MLflow run; figures, report.html and
+    results.json in collapse_lab.output_dir. With --engine spark, each generation's curation is a run of
+    the pipeline's steps on Delta tables (their lakes in <output_dir>/spark/).
     """
     from jobs.collapse_lab import main as collapse_lab
 
     def action() -> None:
-        extra = () if generations is None else (f"collapse_lab.generations={generations}",)
+        extra = (() if generations is None else (f"collapse_lab.generations={generations}",)) \
+            + (() if engine is None else (f"collapse_lab.engine={engine}",))
         cfg = load_config(config_files, (*overrides, *extra))
         results = collapse_lab(cfg, progress=lambda line: click.echo(line, err=True))
         click.echo(f"collapse lab: {len(results['series'])} runs x {results['generations']} generations in "

@@ -20,9 +20,12 @@ training set and the detector's AUROC on that generation's samples (udfs/collaps
 definitions). Results: an MLflow run (params, metrics with the generation as step, figures and results as
 artifacts), and in ``collapse_lab.output_dir`` one PNG per metric, ``report.html`` and ``results.json``.
 
-This engine runs in one process (numpy, no Spark): the lab's corpora are thousands of documents, and the
-point is to run the same functions the pipeline runs. Running each generation's curation through the
-Spark jobs on Delta tables (``--engine spark``) is not built yet (docs/collapse_lab.md).
+Two engines (``collapse_lab.engine``, ``--engine``). ``numpy`` (default) curates in one process with the
+functions the pipeline's steps call (:func:`curate`); the lab's corpora are thousands of documents.
+``spark`` runs each generation's curation through the pipeline's own steps on Delta tables
+(:class:`SparkCuration`): the pool becomes ingest sources with their provenance, and the gold mixture
+the sampling job publishes is the next training set. This module is therefore an entry point (it runs
+the registry's steps), like jobs.pipeline.
 """
 from __future__ import annotations
 
@@ -173,11 +176,11 @@ def near_duplicates(pool: list[Document], threshold: float = NEAR_DUPLICATE_JACC
     return {int(j) for (_, j), value in zip(pairs, similarity, strict=True) if value >= threshold}
 
 
-def curate(pool: list[Document], lab: Lab) -> tuple[list[Document], dict[str, int]]:
+def curate(pool: list[Document], lab: Lab, run: str = "", generation: int = 0) -> tuple[list[Document], dict[str, int]]:
     """The pool as the sampling job would mix it: duplicates out, synthetic documents the detector calls
     synthetic out, then every human document and synthetic ones (most human-like first) while the
     synthetic share of tokens stays under ``synthetic_cap``. Returns the training set and the count removed
-    per reason."""
+    per reason. (``run`` and ``generation`` are what :class:`SparkCuration` needs; this engine ignores them.)"""
     exact = exact_duplicates(pool)
     near = near_duplicates(pool) - exact
     detected = {i for i, d in enumerate(pool) if d.origin == "synthetic" and d.detector_score >= lab.threshold}
@@ -195,6 +198,118 @@ def curate(pool: list[Document], lab: Lab) -> tuple[list[Document], dict[str, in
     removed = {"exact_duplicate": len(exact), "near_duplicate": len(near), "detector": len(detected),
                "synthetic_cap": len(kept) - len(chosen)}
     return [pool[i] for i in sorted(chosen)], removed
+
+
+class SparkCuration:
+    """``--engine spark``: each generation's curation is a run of the pipeline's steps on Delta tables.
+
+    Every regime x temperature has its own lake under ``<output_dir>/spark/``. Its sources are JSONL files
+    written once each: ``human`` (the human training pieces, origin human) and ``g<k>`` (generation k's
+    samples, origin synthetic, generator ``collapse-lab-g<k>``), every record carrying its index in the pool
+    (``metadata.lab_index``). A generation adds its source, and the steps run as in ``cleanwell run``
+    (ingest merges the new documents in; dedup, neardup, quality, tokenize, detect and embed score them;
+    report is left out) with the lab's mixture (:meth:`mixture`); the gold rows are the next training set.
+    What the pipeline decides differs from :func:`curate` in two ways: declared synthetic documents are
+    judged by the synthetic-source validation against the human reference (the detector decides only for
+    documents of undeclared origin), and the cap and budget count the pipeline tokenizer's tokens."""
+
+    SKIPPED_STEPS = ("report",)
+
+    def __init__(self, cfg: Config, progress: Callable[[str], None]) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.root = Path(cfg.collapse_lab.output_dir).resolve() / "spark"
+
+    def lake(self, run: str) -> Path:
+        regime, _, temperature = run.partition("@")
+        return self.root / f"{regime}_T{temperature}"
+
+    def write_sources(self, pool: list[Document], lake: Path) -> list[dict[str, Any]]:
+        """One JSONL source per generation of the pool (human first); files already written stay."""
+        generations = sorted({d.generation for d in pool})
+        sources = []
+        for generation in generations:
+            name = "human" if generation < 0 else f"g{generation}"
+            path = lake / "sources" / name / "part-0.jsonl"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                lines = [json.dumps({"text": d.text, "lab_index": i}) for i, d in enumerate(pool)
+                         if d.generation == generation]
+                path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            defaults = {"origin": "human", "domain": "human", "license": "collapse-lab", "language": "en"} \
+                if generation < 0 else {"origin": "synthetic", "domain": "synthetic", "license": "collapse-lab",
+                                        "language": "en", "generator": f"collapse-lab-g{generation}"}
+            sources.append({"name": name, "path": str(path.parent), "format": "jsonl", "defaults": defaults})
+        return sources
+
+    def mixture(self, lake: Path, sources: list[dict[str, Any]], human_tokens: int) -> Path:
+        """The lab's mixture: every eligible human document (the core) and synthetic ones up to
+        ``synthetic_cap`` of the tokens. The budget is the human tokens over (1 - cap); the gates' budget and
+        weight tolerances are wide because the lab publishes what the guardrails leave, not a fixed size."""
+        import yaml
+
+        cap = self.cfg.collapse_lab.synthetic_cap
+        mixture = {
+            "name": "collapse_lab", "token_budget": max(1, int(human_tokens / (1 - cap))), "budget_tolerance": 0.9,
+            "seed": self.cfg.collapse_lab.seed, "group_by": "domain",
+            "weights": {"human": 1 - cap, "synthetic": cap} if cap > 0 else {"human": 1.0},
+            "weight_tolerance": 1.0, "max_synthetic_share": cap, "max_source_share": 1.0, "max_epochs": 1,
+            "cluster_temperature": 1.0,
+            # Pieces are cut mid-sentence, so the document-shape rules (Gopher, C4) would judge the cut.
+            "filters": {"exclude_duplicates": True, "languages": ["en"], "min_words": 10, "quality_rules": False,
+                        "detector_target_fpr": self.cfg.collapse_lab.detector_target_fpr},
+            "synthetic": {"vetted_sources": [s["name"] for s in sources if s["name"] != "human"]},
+            "export": {"format": "none"},
+        }
+        path = lake / "mixture.yaml"
+        path.write_text(yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
+        return path
+
+    def config(self, lake: Path, sources: list[dict[str, Any]], mixture: Path | None) -> Config:
+        tree = self.cfg.model_dump(mode="json")
+        tree["lake"] = {"root": str(lake / "lake"), "catalog": None}
+        tree["ingest"]["sources"] = sources
+        tree["sample"] = {"mixture": str(mixture or lake / "mixture.yaml"), "manifest_dir": str(lake / "manifests")}
+        # Its own registered detector: the champion alias must not move the user's pipeline detector.
+        tree["detect"]["registered_model"] = f"collapse-lab-{lake.name.replace('.', '_')}"
+        return Config.model_validate(tree)
+
+    def __call__(self, pool: list[Document], lab: Lab, run: str, generation: int) -> tuple[list[Document],
+                                                                                            dict[str, int]]:
+        from pyspark.sql import functions as F
+
+        from jobs.common import tables
+        from jobs.common.runner import execute
+        from jobs.common.session import get_spark
+        from jobs.pipeline import STEPS
+
+        lake = self.lake(run)
+        sources = self.write_sources(pool, lake)
+        cfg = self.config(lake, sources, None)
+        spark = get_spark(cfg)
+        steps = [s for s in STEPS if s.name not in self.SKIPPED_STEPS]
+        began = time.perf_counter()
+        timings: dict[str, float] = {}
+        for step in steps:
+            if step.name == "sample":
+                silver = tables.read_table(spark, tables.table_ref(cfg, "silver"))
+                human_tokens = silver.where(F.col("origin") == "human").agg(F.sum("n_tokens")).first()[0] or 0
+                cfg = self.config(lake, sources, self.mixture(lake, sources, int(human_tokens)))
+            outcome = execute(step, spark, cfg, steps=STEPS, echo=lambda line: None)
+            timings[step.name] = round(outcome.seconds, 1)
+        gold = tables.read_table(spark, tables.table_ref(cfg, "gold")).where(F.col("mixture") == "collapse_lab")
+        chosen = sorted({int(r["i"]) for r in gold.select(F.col("metadata")["lab_index"].alias("i")).collect()})
+        silver_rows = tables.read_table(spark, tables.table_ref(cfg, "silver")).count()
+        exclusions = tables.read_table(spark, tables.table_ref(cfg, "exclusions")).where(
+            F.col("mixture") == "collapse_lab").groupBy("reason").count().collect()
+        removed = {r["reason"]: int(r["count"]) for r in exclusions}
+        removed["exact_duplicate"] = len(pool) - silver_rows
+        removed["not_selected"] = silver_rows - sum(v for k, v in removed.items() if k != "exact_duplicate") \
+            - len(chosen)
+        self.progress(f"[{run}] generation {generation}: pipeline on {lake / 'lake'} in "
+                      f"{time.perf_counter() - began:.0f} s ({timings}): {len(chosen)} of {len(pool)} pool documents "
+                      f"in gold, removed {removed}")
+        return [pool[i] for i in chosen], removed
 
 
 # ---- one regime at one temperature ----------------------------------------------------------------
@@ -221,12 +336,16 @@ def _samples(lab: Lab, lm: NGramLM, generation: int, temperature: float, feedbac
     return [min(documents[k * draws:(k + 1) * draws], key=lambda d: d.detector_score) for k in range(n)]
 
 
+Curator = Callable[[list[Document], Lab, str, int], tuple[list[Document], dict[str, int]]]
+
+
 def run_regime(lab: Lab, regime: str, temperature: float, generations: int,
-               progress: Callable[[str], None]) -> dict[str, list[float]]:
+               progress: Callable[[str], None], curator: Curator = curate) -> dict[str, list[float]]:
     """Metrics per generation (index 0 = the human-trained model) of one regime at one temperature."""
     c = lab.settings
     series: dict[str, list[float]] = {metric: [] for metric in METRICS}
     series["removed"] = []
+    series["training_documents"] = []
     training = list(lab.human)
     pool = list(lab.human)
     previous: list[Document] = []
@@ -236,13 +355,15 @@ def run_regime(lab: Lab, regime: str, temperature: float, generations: int,
                 training = previous
             else:
                 pool = pool + previous
-                training, removed = curate(pool, lab) if regime.startswith("curated") else (pool, {})
+                training, removed = curator(pool, lab, f"{regime}@{temperature}", generation) \
+                    if regime.startswith("curated") else (pool, {})
                 series["removed"].append(removed)
         lm = train_ngram_lm([d.ids for d in training], lab.tokenizer.vocab_size, c.lm_order)
         seed = c.seed + 1000 * generation + int(temperature * 100)
         previous = _samples(lab, lm, generation, temperature, regime == "curated_feedback", seed)
         sample_ids = [d.ids for d in previous]
         tokens = sum(d.ids.size for d in training)
+        series["training_documents"].append(len(training))
         labels = np.r_[np.zeros(len(lab.held_out_texts)), np.ones(len(previous))]
         values = {
             "heldout_perplexity": perplexity(lm, lab.held_out_ids),
@@ -320,10 +441,12 @@ def run_lab(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, A
     c = cfg.collapse_lab
     began = time.perf_counter()
     lab = prepare(cfg, progress)
+    curator = SparkCuration(cfg, progress) if c.engine == "spark" else curate
     series = {}
     for temperature in c.temperatures:
         for regime in c.regimes:
-            series[f"{regime}@{temperature}"] = run_regime(lab, regime, temperature, c.generations, progress)
+            series[f"{regime}@{temperature}"] = run_regime(lab, regime, temperature, c.generations, progress,
+                                                           curator)
     return {"settings": c.model_dump(mode="json"), "generations": c.generations, "threshold": lab.threshold,
             "human_pieces": len(lab.human), "held_out_pieces": len(lab.held_out_ids),
             "seconds": round(time.perf_counter() - began, 1), "series": series}

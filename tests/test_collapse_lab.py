@@ -81,3 +81,48 @@ def test_curation_removes_duplicates_and_detected_text_and_caps_the_synthetic_sh
     assert [d.text for d in kept if d.origin == "human"] == [d.text for d in human]  # the human core is kept
     # 160 human tokens and a 20 % cap leave room for one 40-token synthetic piece: the most human-like
     assert [d.text for d in kept if d.origin == "synthetic"] == [synthetic[0].text]
+
+
+@pytest.mark.slow  # two pipeline runs (~6 min); CI runs it
+@pytest.mark.spark
+def test_spark_engine_curates_each_generation_with_the_pipeline_steps_on_delta(spark, tmp_path) -> None:
+    """--engine spark: every generation's pool becomes ingest sources with provenance, the pipeline's
+    steps run on a Delta lake, and the gold mixture is the next training set."""
+    from delta.tables import DeltaTable
+
+    from jobs.collapse_lab import main
+    from jobs.common.config import load_config
+
+    human_file = f"{REPO}/data/m4/wikipedia_llama2.jsonl"
+    cfg = load_config(overrides=[
+        "collapse_lab.engine=spark", "collapse_lab.generations=2", "collapse_lab.documents_per_generation=60",
+        "collapse_lab.sequence_tokens=64", "collapse_lab.vocab_size=400", "collapse_lab.temperatures=[1.0]",
+        "collapse_lab.regimes=[curated]", f"collapse_lab.human_files=[{human_file}]",
+        f"detect.training_files=[{human_file}]", f"collapse_lab.output_dir={tmp_path / 'out'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", f"tracking.artifact_root={tmp_path / 'art'}"])
+    results = main(cfg, progress=print)
+    series = results["series"]["curated@1.0"]
+    assert all(len(series[metric]) == 3 and np.isfinite(series[metric]).all() for metric in METRICS)
+    lake = tmp_path / "out" / "spark" / "curated_T1.0" / "lake"
+    # every pool document reached bronze with its provenance: 60 human pieces and 60 samples per generation
+    bronze = spark.read.format("delta").load(str(lake / "bronze_documents"))
+    counts = {(r["source"], r["origin"]): r["count"] for r in bronze.groupBy("source", "origin").count().collect()}
+    assert counts == {("human", "human"): 60, ("g0", "synthetic"): 60, ("g1", "synthetic"): 60}
+    # the last training set is the gold mixture the sampling job published, under the synthetic cap
+    gold = spark.read.format("delta").load(str(lake / "gold_mixture"))
+    assert gold.count() == series["training_documents"][2] > 0
+    assert {r["source"] for r in gold.select("source").distinct().collect()} <= {"human", "g0", "g1"}
+    manifest = json.loads((tmp_path / "out" / "spark" / "curated_T1.0" / "manifests" / "collapse_lab"
+                           / "latest.json").read_text())
+    assert 0 < manifest["synthetic_share"] <= cfg.collapse_lab.synthetic_cap + 1e-9
+    assert manifest["documents"] == series["training_documents"][2]
+    history = DeltaTable.forPath(spark, str(lake / "gold_mixture")).history().collect()
+    assert len(history) >= 2  # generation 1's and generation 2's mixtures
+    # the steps ran as MLflow runs nested under the lab's run, with the lab's own registered detector
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    steps = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                               filter_string=f"tags.`mlflow.parentRunId` = '{results['mlflow_run_id']}'")
+    names = [r.info.run_name for r in steps]
+    assert names.count("ingest") == names.count("sample") == 2 and "report" not in names
+    registered = {m.name for m in mlflow.MlflowClient().search_registered_models()}
+    assert registered == {"collapse-lab-curated_T1_0"}

@@ -333,7 +333,12 @@ class CollapseLabConfig(Model):
     tail_ngram: int = Field(2, ge=1, le=4, description="n of the tail n-grams and distinct-n.")
     seed: int = Field(0, description="Seed of the split, the samplers and the detector.")
     output_dir: str = Field("./reports/collapse_lab", description="Folder for the figures, the HTML report and "
-                            "results.json.", json_schema_extra=OUTPUT_LOCATION)
+                            "results.json (and, with engine spark, the lakes under `spark/`).",
+                            json_schema_extra=OUTPUT_LOCATION)
+    engine: Literal["numpy", "spark"] = Field("numpy", description="Curated regimes: `numpy` curates in one "
+                                              "process with the functions the steps call; `spark` runs the "
+                                              "pipeline's steps on a Delta lake per regime x temperature for "
+                                              "every generation (minutes per generation).")
 
 
 class Config(Model):
