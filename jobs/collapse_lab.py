@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -219,6 +220,11 @@ class SparkCuration:
         self.cfg = cfg
         self.progress = progress
         self.root = Path(cfg.collapse_lab.output_dir).resolve() / "spark"
+        if self.root.exists():
+            # Derived data of an earlier lab run: its sources were another run's samples (written once a
+            # generation), so they must not leak into this run's pools.
+            progress(f"replacing the earlier lab lakes in {self.root}")
+            shutil.rmtree(self.root)
 
     def lake(self, run: str) -> Path:
         regime, _, temperature = run.partition("@")

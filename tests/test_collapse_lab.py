@@ -126,3 +126,18 @@ def test_spark_engine_curates_each_generation_with_the_pipeline_steps_on_delta(s
     assert names.count("ingest") == names.count("sample") == 2 and "report" not in names
     registered = {m.name for m in mlflow.MlflowClient().search_registered_models()}
     assert registered == {"collapse-lab-curated_T1_0"}
+
+
+def test_spark_engine_starts_from_empty_lakes(tmp_path) -> None:
+    """The sources of a lake are written once a generation; an earlier lab run's samples must not be
+    read as this run's."""
+    from jobs.collapse_lab import SparkCuration
+    from jobs.common.config import load_config
+
+    stale = tmp_path / "out" / "spark" / "curated_T1.0" / "sources" / "g0" / "part-0.jsonl"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"text": "an earlier run", "lab_index": 7}\n')
+    said = []
+    curation = SparkCuration(load_config(overrides=[f"collapse_lab.output_dir={tmp_path / 'out'}"]), said.append)
+    assert not curation.root.exists() and not stale.exists()
+    assert said and "replacing" in said[0]
