@@ -5,11 +5,12 @@
 
 For each size, a corpus built from real text (:func:`bench.minhash_core.near_duplicate_corpus`: M4
 sentences composed into ~180-word documents, 30 % of them planted near-duplicates with 1-6 % of the words
-edited) is written as two sources: ``web`` (90 %, origin undeclared, as gzip-compressed JSONL shards of
-up to 100,000 documents, so ingest reads compressed shards) and ``synthetic`` (10 %, declared synthetic,
-a vetted Parquet source). Then ``cleanwell run`` (every step, report included) runs in a fresh process
-with ``spark.master=local[2]`` on a fresh lake and MLflow store, with a mixture of the two sources
-(90/10, budget 60 tokens per document). Recorded per size: seconds per step (from the run's "done in"
+edited) is written as three sources: ``web`` (60 %, origin undeclared) and ``reference`` (30 %,
+declared human: the reference the synthetic source is validated against), both gzip-compressed JSONL
+shards of up to 100,000 documents, so ingest reads compressed shards, and ``synthetic`` (10 %, declared
+synthetic, a vetted Parquet source). Then ``cleanwell run`` (every step, report included) runs in a fresh process
+with ``spark.master=local[2]`` on a fresh lake and MLflow store, with a mixture of the three sources
+(60/30/10, budget 60 tokens per document). Recorded per size: seconds per step (from the run's "done in"
 lines), wall seconds of the process (JVM start included), documents/s and MB/s of text per core, and
 the peak resident memory of the process tree sampled every 0.2 s from /proc: total, the Python driver,
 the JVM (driver and executors in local mode) and the Python workers.
@@ -40,32 +41,38 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = REPO_ROOT / "bench" / "results" / "pipeline.json"
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 SHARD_DOCUMENTS = 100_000
-SYNTHETIC_SHARE = 0.1
+SHARES = {"web": 0.6, "reference": 0.3, "synthetic": 0.1}
+SYNTHETIC_SHARE = SHARES["synthetic"]
 TOKENS_PER_DOCUMENT_BUDGET = 60
 CORES = 2
 STEP_DONE = re.compile(r"^\[(\w+)\] done in ([0-9.]+) s")
 
 
 def write_corpus(cache_dir: Path, size: int) -> tuple[Path, dict[str, Any]]:
-    """The corpus folder (``web/*.jsonl.gz``, ``synthetic/part-0.parquet``) and its totals, generated once."""
+    """The corpus folder (``web/`` and ``reference/*.jsonl.gz``, ``synthetic/part-0.parquet``) and its
+    totals, generated once."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = cache_dir / f"pipeline_corpus_{size}_seed0"
+    folder = cache_dir / f"pipeline_corpus_{size}_seed0_3sources"
     totals_path = folder / "totals.json"
     if totals_path.exists():
         return folder, json.loads(totals_path.read_text())
     corpus = near_duplicate_corpus(size, seed=0)
-    n_synthetic = round(size * SYNTHETIC_SHARE)
-    web, synthetic = corpus.texts[n_synthetic:], corpus.texts[:n_synthetic]
-    (folder / "web").mkdir(parents=True, exist_ok=True)
+    n_synthetic = round(size * SHARES["synthetic"])
+    n_reference = round(size * SHARES["reference"])
+    parts = {"synthetic": corpus.texts[:n_synthetic], "reference": corpus.texts[n_synthetic:n_synthetic + n_reference],
+             "web": corpus.texts[n_synthetic + n_reference:]}
+    for name in ("web", "reference"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for shard, start in enumerate(range(0, len(parts[name]), SHARD_DOCUMENTS)):
+            with gzip.open(folder / name / f"shard-{shard:04d}.jsonl.gz", "wt", encoding="utf-8") as out:
+                for text in parts[name][start:start + SHARD_DOCUMENTS]:
+                    out.write(json.dumps({"text": text}) + "\n")
     (folder / "synthetic").mkdir(parents=True, exist_ok=True)
-    for shard, start in enumerate(range(0, len(web), SHARD_DOCUMENTS)):
-        with gzip.open(folder / "web" / f"shard-{shard:04d}.jsonl.gz", "wt", encoding="utf-8") as out:
-            for text in web[start:start + SHARD_DOCUMENTS]:
-                out.write(json.dumps({"text": text}) + "\n")
-    pq.write_table(pa.table({"text": synthetic}), folder / "synthetic" / "part-0.parquet", row_group_size=10_000)
-    totals = {"documents": size, "web": len(web), "synthetic": n_synthetic,
+    pq.write_table(pa.table({"text": parts["synthetic"]}), folder / "synthetic" / "part-0.parquet",
+                   row_group_size=10_000)
+    totals = {"documents": size, **{name: len(texts) for name, texts in parts.items()},
               "text_bytes": sum(len(t.encode("utf-8")) for t in corpus.texts)}
     totals_path.write_text(json.dumps(totals))
     return folder, totals
@@ -77,7 +84,7 @@ def write_config(work: Path, corpus: Path, size: int) -> list[str]:
 
     mixture = {
         "name": "bench", "token_budget": size * TOKENS_PER_DOCUMENT_BUDGET, "seed": 0, "group_by": "source",
-        "weights": {"web": 1 - SYNTHETIC_SHARE, "synthetic": SYNTHETIC_SHARE}, "weight_tolerance": 0.15,
+        "weights": SHARES, "weight_tolerance": 0.15,
         # 5 %: the bench measures time, not the mix. (The first 10k run ended 1.07 % short of the budget and
         # failed the 1 % gate: the fill's 200 candidates a group, fixed in jobs/common/selection.py.)
         "budget_tolerance": 0.05,
@@ -91,6 +98,8 @@ def write_config(work: Path, corpus: Path, size: int) -> list[str]:
     config = {
         "ingest": {"sources": [
             {"name": "web", "path": str(corpus / "web"), "format": "jsonl", "glob": "*.jsonl.gz", "defaults": defaults},
+            {"name": "reference", "path": str(corpus / "reference"), "format": "jsonl", "glob": "*.jsonl.gz",
+             "defaults": {**defaults, "origin": "human"}},
             {"name": "synthetic", "path": str(corpus / "synthetic"), "format": "parquet",
              "defaults": {**defaults, "origin": "synthetic", "generator": "m4-sentences"}},
         ]},
