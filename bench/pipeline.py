@@ -78,7 +78,7 @@ def write_corpus(cache_dir: Path, size: int) -> tuple[Path, dict[str, Any]]:
     return folder, totals
 
 
-def write_config(work: Path, corpus: Path, size: int) -> list[str]:
+def write_config(work: Path, corpus: Path, size: int, driver_memory: str) -> list[str]:
     """The run's config file and mixture under ``work``; returns the CLI arguments that use them."""
     import yaml
 
@@ -107,7 +107,7 @@ def write_config(work: Path, corpus: Path, size: int) -> list[str]:
         "report": {"dir": str(work / "reports")},
         "lake": {"root": str(work / "lake")},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlartifacts")},
-        "spark": {"master": f"local[{CORES}]", "conf": {"spark.driver.memory": "6g"}},
+        "spark": {"master": f"local[{CORES}]", "conf": {"spark.driver.memory": driver_memory}},
     }
     (work / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
     (work / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -196,12 +196,12 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     return result
 
 
-def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine_info(), "cores": CORES, "runs": {}}
+def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool, driver_memory: str) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine_info(), "cores": CORES, "driver_memory": driver_memory, "runs": {}}
     for size in sizes:
         corpus, totals = write_corpus(cache_dir, size)
         work = Path(tempfile.mkdtemp(prefix=f"cleanwell-pipeline-{size}-"))
-        run = run_pipeline(work, write_config(work, corpus, size), timeout)
+        run = run_pipeline(work, write_config(work, corpus, size, driver_memory), timeout)
         seconds = run["wall_seconds"]
         run.update(totals)
         if run["finished"]:
@@ -241,10 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "cleanwell-bench",
                         help="where corpora are generated once and reused")
     parser.add_argument("--keep", action="store_true", help="keep each run's lake, MLflow store and log")
+    parser.add_argument("--driver-memory", default="3g", help="spark.driver.memory (local mode: the JVM's heap "
+                        "for driver and executors; the JVM grows towards it, so it bounds the peak)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    results = benchmark(sizes, args.cache_dir, args.timeout, args.keep)
+    results = benchmark(sizes, args.cache_dir, args.timeout, args.keep, args.driver_memory)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
