@@ -205,8 +205,8 @@ def run_mllib(corpus: Path, work: Path) -> dict[str, Any]:
             "hash_tables": MLLIB_TABLES}
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (from /proc)."""
+def tree_rss(root: int) -> dict[int, int]:
+    """Resident bytes of ``root`` and each of its descendants, by pid (from /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -216,16 +216,17 @@ def _tree_rss(root: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry))
-    total, stack, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+    rss: dict[int, int] = {}
+    stack, page = [root], os.sysconf("SC_PAGE_SIZE")
     while stack:
         pid = stack.pop()
         try:
             with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * page
+                rss[pid] = int(fh.read().split()[1]) * page
         except (OSError, IndexError, ValueError):
-            pass
+            rss[pid] = 0
         stack.extend(children.get(pid, []))
-    return total
+    return rss
 
 
 def measure(system: str, corpus: Path, work: Path, timeout: int, *options: str) -> dict[str, Any]:
@@ -239,7 +240,7 @@ def measure(system: str, corpus: Path, work: Path, timeout: int, *options: str) 
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(process.pid))
+            peak[0] = max(peak[0], sum(tree_rss(process.pid).values()))
             done.wait(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.dedup import tree_rss
 from bench.detect import machine_info
 from bench.minhash_core import near_duplicate_corpus
 
@@ -129,27 +130,10 @@ def _kind(pid: int) -> str:
 
 def tree_rss_by_kind(root: int) -> dict[str, int]:
     """Resident bytes of ``root`` and its descendants, summed per kind of process (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
     totals: dict[str, int] = {}
-    stack, page = [root], os.sysconf("SC_PAGE_SIZE")
-    while stack:
-        pid = stack.pop()
-        try:
-            with open(f"/proc/{pid}/statm") as fh:
-                rss = int(fh.read().split()[1]) * page
-        except (OSError, IndexError, ValueError):
-            rss = 0
+    for pid, rss in tree_rss(root).items():
         kind = _kind(pid)
         totals[kind] = totals.get(kind, 0) + rss
-        stack.extend(children.get(pid, []))
     return totals
 
 

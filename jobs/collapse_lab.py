@@ -177,11 +177,11 @@ def near_duplicates(pool: list[Document], threshold: float = NEAR_DUPLICATE_JACC
     return {int(j) for (_, j), value in zip(pairs, similarity, strict=True) if value >= threshold}
 
 
-def curate(pool: list[Document], lab: Lab, run: str = "", generation: int = 0) -> tuple[list[Document], dict[str, int]]:
+def curate(pool: list[Document], lab: Lab) -> tuple[list[Document], dict[str, int]]:
     """The pool as the sampling job would mix it: duplicates out, synthetic documents the detector calls
     synthetic out, then every human document and synthetic ones (most human-like first) while the
     synthetic share of tokens stays under ``synthetic_cap``. Returns the training set and the count removed
-    per reason. (``run`` and ``generation`` are what :class:`SparkCuration` needs; this engine ignores them.)"""
+    per reason."""
     exact = exact_duplicates(pool)
     near = near_duplicates(pool) - exact
     detected = {i for i, d in enumerate(pool) if d.origin == "synthetic" and d.detector_score >= lab.threshold}
@@ -209,7 +209,7 @@ class SparkCuration:
     samples, origin synthetic, generator ``collapse-lab-g<k>``), every record carrying its index in the pool
     (``metadata.lab_index``). A generation adds its source, and the steps run as in ``cleanwell run``
     (ingest merges the new documents in; dedup, neardup, quality, tokenize, detect and embed score them;
-    report is left out) with the lab's mixture (:meth:`mixture`); the gold rows are the next training set.
+    report is left out) with the lab's mixture (:meth:`write_mixture`); the gold rows are the next training set.
     What the pipeline decides differs from :func:`curate` in two ways: declared synthetic documents are
     judged by the synthetic-source validation against the human reference (the detector decides only for
     documents of undeclared origin), and the cap and budget count the pipeline tokenizer's tokens."""
@@ -248,7 +248,7 @@ class SparkCuration:
             sources.append({"name": name, "path": str(path.parent), "format": "jsonl", "defaults": defaults})
         return sources
 
-    def mixture(self, lake: Path, sources: list[dict[str, Any]], human_tokens: int) -> Path:
+    def write_mixture(self, lake: Path, sources: list[dict[str, Any]], human_tokens: int) -> None:
         """The lab's mixture: every eligible human document (the core) and synthetic ones up to
         ``synthetic_cap`` of the tokens. The budget is the human tokens over (1 - cap); the gates' budget and
         weight tolerances are wide because the lab publishes what the guardrails leave, not a fixed size."""
@@ -267,15 +267,14 @@ class SparkCuration:
             "synthetic": {"vetted_sources": [s["name"] for s in sources if s["name"] != "human"]},
             "export": {"format": "none"},
         }
-        path = lake / "mixture.yaml"
-        path.write_text(yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
-        return path
+        (lake / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
 
-    def config(self, lake: Path, sources: list[dict[str, Any]], mixture: Path | None) -> Config:
+    def config(self, lake: Path, sources: list[dict[str, Any]]) -> Config:
         tree = self.cfg.model_dump(mode="json")
         tree["lake"] = {"root": str(lake / "lake"), "catalog": None}
         tree["ingest"]["sources"] = sources
-        tree["sample"] = {"mixture": str(mixture or lake / "mixture.yaml"), "manifest_dir": str(lake / "manifests")}
+        # The mixture file is written just before the sample step (its budget needs silver's tokens).
+        tree["sample"] = {"mixture": str(lake / "mixture.yaml"), "manifest_dir": str(lake / "manifests")}
         # Its own registered detector: the champion alias must not move the user's pipeline detector.
         tree["detect"]["registered_model"] = f"collapse-lab-{lake.name.replace('.', '_')}"
         return Config.model_validate(tree)
@@ -291,27 +290,25 @@ class SparkCuration:
 
         lake = self.lake(run)
         sources = self.write_sources(pool, lake)
-        cfg = self.config(lake, sources, None)
+        cfg = self.config(lake, sources)
         spark = get_spark(cfg)
         steps = [s for s in STEPS if s.name not in self.SKIPPED_STEPS]
         began = time.perf_counter()
         timings: dict[str, float] = {}
         for step in steps:
             if step.name == "sample":
-                silver = tables.read_table(spark, tables.table_ref(cfg, "silver"))
-                human_tokens = silver.where(F.col("origin") == "human").agg(F.sum("n_tokens")).first()[0] or 0
-                cfg = self.config(lake, sources, self.mixture(lake, sources, int(human_tokens)))
+                silver = tables.read_table(spark, tables.table_ref(cfg, "silver")).agg(
+                    F.count("*").alias("rows"),
+                    F.sum(F.when(F.col("origin") == "human", F.col("n_tokens"))).alias("human_tokens")).first()
+                self.write_mixture(lake, sources, int(silver["human_tokens"] or 0))
             outcome = execute(step, spark, cfg, steps=STEPS, echo=lambda line: None)
             timings[step.name] = round(outcome.seconds, 1)
         gold = tables.read_table(spark, tables.table_ref(cfg, "gold")).where(F.col("mixture") == "collapse_lab")
         chosen = sorted({int(r["i"]) for r in gold.select(F.col("metadata")["lab_index"].alias("i")).collect()})
-        silver_rows = tables.read_table(spark, tables.table_ref(cfg, "silver")).count()
-        exclusions = tables.read_table(spark, tables.table_ref(cfg, "exclusions")).where(
-            F.col("mixture") == "collapse_lab").groupBy("reason").count().collect()
-        removed = {r["reason"]: int(r["count"]) for r in exclusions}
-        removed["exact_duplicate"] = len(pool) - silver_rows
-        removed["not_selected"] = silver_rows - sum(v for k, v in removed.items() if k != "exact_duplicate") \
-            - len(chosen)
+        excluded = {r["reason"]: int(r["count"]) for r in tables.read_table(spark, tables.table_ref(cfg, "exclusions"))
+                    .where(F.col("mixture") == "collapse_lab").groupBy("reason").count().collect()}
+        removed = {**excluded, "exact_duplicate": len(pool) - silver["rows"],
+                   "not_selected": silver["rows"] - sum(excluded.values()) - len(chosen)}
         self.progress(f"[{run}] generation {generation}: pipeline on {lake / 'lake'} in "
                       f"{time.perf_counter() - began:.0f} s ({timings}): {len(chosen)} of {len(pool)} pool documents "
                       f"in gold, removed {removed}")
@@ -346,7 +343,7 @@ Curator = Callable[[list[Document], Lab, str, int], tuple[list[Document], dict[s
 
 
 def run_regime(lab: Lab, regime: str, temperature: float, generations: int,
-               progress: Callable[[str], None], curator: Curator = curate) -> dict[str, list[float]]:
+               progress: Callable[[str], None], curator: Curator) -> dict[str, list[float]]:
     """Metrics per generation (index 0 = the human-trained model) of one regime at one temperature."""
     c = lab.settings
     series: dict[str, list[float]] = {metric: [] for metric in METRICS}
@@ -447,7 +444,8 @@ def run_lab(cfg: Config, progress: Callable[[str], None] = print) -> dict[str, A
     c = cfg.collapse_lab
     began = time.perf_counter()
     lab = prepare(cfg, progress)
-    curator = SparkCuration(cfg, progress) if c.engine == "spark" else curate
+    curator = SparkCuration(cfg, progress) if c.engine == "spark" else \
+        (lambda pool, lab_, run, generation: curate(pool, lab_))
     series = {}
     for temperature in c.temperatures:
         for regime in c.regimes:
