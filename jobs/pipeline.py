@@ -41,10 +41,11 @@ def echo_locations(cfg: Config) -> None:
     """Where a user finds the results, whether the steps ran now or earlier."""
     from jobs.common import storage
     from jobs.common.config import load_mixture
+    from jobs.common.manifest import manifest_folder
 
     uri = redact_text(tracking_uri(cfg))
     click.echo(f"  gold table:  {tables.table_ref(cfg, 'gold')}")
-    manifest = storage.join(cfg.sample.manifest_dir, load_mixture(cfg.sample.mixture).name, "latest.json")
+    manifest = storage.join(manifest_folder(cfg), load_mixture(cfg.sample.mixture).name, "latest.json")
     click.echo(f"  manifest:    {manifest}")
     click.echo(f"  report:      {storage.join(cfg.report.dir, 'latest.html')}")
     click.echo(f"  MLflow:      mlflow ui --backend-store-uri {uri}")

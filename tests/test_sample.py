@@ -14,7 +14,7 @@ from jobs.common.config import load_mixture
 from jobs.common.detector_registry import FPR_THRESHOLDS_TAG, current_champion, resolve_detector_threshold
 from jobs.common.eligibility import eligibility
 from jobs.common.errors import GateFailed
-from jobs.common.manifest import mixture_summary, write_manifest
+from jobs.common.manifest import manifest_folder, mixture_summary, write_manifest
 from jobs.common.runner import execute
 from jobs.common.selection import allocate, judged_cells, select, with_selection_order
 from jobs.common.tracking import configure, tracked_run
@@ -349,3 +349,17 @@ def test_a_group_with_nothing_eligible_leaves_its_share_to_the_fill(spark):
     tokens = chosen.agg(F.sum("n_tokens")).first()[0]
     assert abs(tokens - 10_000) <= 0.01 * 10_000
     assert chosen.select("doc_id").distinct().count() == chosen.count()
+
+
+def test_manifests_follow_the_lake_root_unless_a_folder_is_set(spark, make_config, tmp_path):
+    # The default was a fixed ./lake/manifests: a run with lake.root elsewhere wrote its manifests into
+    # the working directory's lake (as the mixture's exports did before they followed the lake).
+    cfg = make_config("sample.manifest_dir=")
+    assert cfg.sample.manifest_dir == ""
+    manifest = {"mixture": "follow", "run_id": "r1", "config_hash": "c1", "gold_version": 1, "token_budget": 1,
+                "tokens": 1, "documents": 1, "inputs": {"silver": {"location": "s", "version": 1}}}
+    with tracked_run(cfg, "sample") as log:
+        write_manifest(spark, cfg, manifest, log)
+    assert sorted(p.name for p in (tmp_path / "lake" / "manifests" / "follow").iterdir()) == ["latest.json", "r1.json"]
+    assert not (Path.cwd() / "lake" / "manifests" / "follow").exists()
+    assert manifest_folder(make_config()) == str(tmp_path / "manifests")  # a set folder wins

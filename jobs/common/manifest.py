@@ -115,9 +115,15 @@ def build_manifest(mixture: MixtureConfig, gold: DataFrame, cells: list[dict[str
     }
 
 
+def manifest_folder(cfg: Config) -> str:
+    """``sample.manifest_dir``, or ``<lake.root>/manifests`` when it is empty (a fixed ``./lake/manifests``
+    default wrote the manifests of every lake root into the working directory's lake)."""
+    return cfg.sample.manifest_dir or storage.join(tables.lake_root(cfg), "manifests")
+
+
 def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], log: RunLog) -> str:
     manifest = redact(manifest)  # a credential in the mixture config (a source URI) stays out of evidence
-    folder = storage.join(cfg.sample.manifest_dir, manifest["mixture"])
+    folder = storage.join(manifest_folder(cfg), manifest["mixture"])
     path = storage.join(folder, f"{manifest['run_id']}.json")
     text = json.dumps(manifest, indent=2, default=str)
     storage.write_text(path, text)

@@ -282,8 +282,8 @@ class ClustersConfig(Model):
 
 class SampleConfig(Model):
     mixture: str = Field("conf/mixtures/demo.yaml", description="Mixture config file (see docs/mixtures.md).")
-    manifest_dir: str = Field("./lake/manifests", description="Folder for manifest JSON files.",
-                              json_schema_extra=OUTPUT_LOCATION)
+    manifest_dir: str = Field("", description="Folder for manifest JSON files; empty: `<lake.root>/manifests`, so "
+                              "the manifests follow the lake.", json_schema_extra=OUTPUT_LOCATION)
 
 class GatesConfig(Model):
     suites_dir: str = Field("conf/expectations", description="Folder of expectation suites, one YAML per table.")
