@@ -204,9 +204,12 @@ def packaged_run_conf(folder: Path, package: Package, python_env: Path) -> dict:
         "executor_python": str(python_env / "bin" / "python"),
         "driver_python": str(python_env / "bin" / "python"),
         # The DAG sets the Python settings; the rest as the spark-submit test passes them, with the
-        # executors' memory in the one local JVM.
+        # executors' memory in the one local JVM. C1-only JIT: each of the nine tasks is a cold JVM that
+        # does a few seconds of work, where C2's compilations hardly pay back (a cold `cleanwell dedup` on
+        # the demo: mean 68 s -> 58 s over 3-4 runs each, noise +-10 s; a one-process demo run gains
+        # nothing; docs/performance.md).
         "spark_conf": {**{k: v for k, v in SPARK_CONF.items() if not k.startswith("spark.pyspark.")},
-                       "spark.driver.memory": "3g"},
+                       "spark.driver.memory": "3g", "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1"},
     }
 
 

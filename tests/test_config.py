@@ -108,3 +108,14 @@ def test_relative_lake_root_becomes_an_absolute_table_path(tmp_path, monkeypatch
     assert remote.location == "s3://bucket/lake/silver_documents"
     catalog = table_ref(load_config(overrides=["lake.catalog=main.cleanwell"]), "gold")
     assert (catalog.location, catalog.by_path) == ("main.cleanwell.gold_mixture", False)
+
+
+def test_configured_driver_java_options_keep_the_log4j_settings():
+    # spark.conf's extraJavaOptions used to replace the log4j option get_spark sets (and the quiet console).
+    from jobs.common.session import driver_java_options, local_conf
+
+    conf = local_conf(load_config(overrides=["spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1"]))
+    options = driver_java_options(conf).split()
+    assert options[0].startswith("-Dlog4j2.configurationFile=") and options[1:] == ["-XX:TieredStopAtLevel=1"]
+    assert "spark.driver.extraJavaOptions" not in conf  # the builder sets the merged value alone
+    assert driver_java_options(local_conf(load_config())).count(" ") == 0

@@ -174,6 +174,15 @@ def local_conf(cfg: Config) -> dict[str, str]:
     return {**merged, **cfg.spark.conf}
 
 
+def driver_java_options(conf: dict[str, str]) -> str:
+    """The driver JVM's options: cleanwell's log4j settings, then ``spark.driver.extraJavaOptions`` from
+    ``conf`` (removed from it). Setting that key used to replace the log4j option, and with it the quiet
+    console."""
+    log4j = storage.materialized_conf("log4j2.properties")
+    return " ".join(filter(None, [f"-Dlog4j2.configurationFile={log4j}",
+                                  str(conf.pop("spark.driver.extraJavaOptions", "") or "")]))
+
+
 def _platform_session():
     """The session the platform made (Databricks, notebooks, tests), or None."""
     from pyspark.sql import SparkSession
@@ -199,11 +208,10 @@ def get_spark(cfg: Config):
     jars = local_jars(cfg)
     # Workers must run this interpreter (the venv's), not whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    log4j = storage.materialized_conf("log4j2.properties")
+    conf = local_conf(cfg)
     builder = (SparkSession.builder.master(cfg.spark.master).appName(cfg.spark.app_name)
                .config("spark.jars", ",".join(str(j) for j in jars))
-               .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={log4j}"))
-    conf = local_conf(cfg)
+               .config("spark.driver.extraJavaOptions", driver_java_options(conf)))
     # PySpark starts the JVM with every builder setting as `--conf key=value` on spark-submit's command
     # line, where `ps` shows it to every user of the machine: credentials are set once the JVM runs.
     secret = {key: value for key, value in conf.items() if is_secret_key(key)}
