@@ -26,6 +26,10 @@ def lake_overrides(root: Path) -> list[str]:
             f"report.dir={root / 'reports'}", "spark.conf.spark.sql.shuffle.partitions=4"]
 
 
+# For a test process that runs one or two steps in a cold JVM: C1-only JIT (C2's compilations hardly pay
+# back in a JVM that lives a minute; a one-process demo run gains nothing, docs/performance.md).
+SHORT_LIVED_JVM = "spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1"
+
 # A credential in the demo run's config, as a user's S3 key would be: harmless to a local lake (spark.conf is
 # outside every step's config hash), and no file the run writes may hold it (tests/test_secrets.py).
 PLANTED_SECRET = "PLANTED-demo-s3cr3t-91c4"

@@ -14,7 +14,7 @@ import pytest
 
 from jobs.common import faults, tables
 from jobs.common.config import load_config
-from tests.conftest import DEMO_CONFIG, DEMO_SECRETS, REPO, lake_overrides
+from tests.conftest import DEMO_CONFIG, DEMO_SECRETS, REPO, SHORT_LIVED_JVM, lake_overrides
 
 KILLED = -signal.SIGKILL
 
@@ -26,7 +26,7 @@ def cleanwell_run(root: Path, *args: str, kill_at: str | None = None) -> subproc
     if kill_at:
         env[faults.ENV] = kill_at
     command = [sys.executable, "-m", "jobs.cli", "run", "-c", str(DEMO_CONFIG), *args,
-               *lake_overrides(root), *DEMO_SECRETS]
+               *lake_overrides(root), *DEMO_SECRETS, SHORT_LIVED_JVM]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
 
 
