@@ -15,9 +15,17 @@ lines), wall seconds of the process (JVM start included), documents/s and MB/s o
 the peak resident memory of the process tree sampled every 0.2 s from /proc: total, the Python driver,
 the JVM (driver and executors in local mode) and the Python workers.
 
-Writes ``bench/results/pipeline.json`` and prints a table. A size that does not finish within
-``--timeout`` is recorded as such (with the steps that did finish), never left out. Corpora are
-generated once into ``--cache-dir`` and reused.
+Beside each size up to ``--reference-max`` documents, the single-process reference for near-duplicates
+(issue #16 item 6): datasketch ``MinHashLSH`` at the pipeline's threshold (0.8) and permutations (128) on
+the same texts, with the pipeline's shingles (word 5-grams, ``udfs.minhash.shingles``), timed from the
+texts in memory to every document queried; recorded with the ratio ``neardup`` step / datasketch.
+datasketch reports candidate pairs only, where the step also verifies them by exact Jaccard, builds the
+clusters, passes its gate and writes Delta.
+
+Writes ``bench/results/pipeline.json`` and prints a table. Sizes run before and not rerun stay in the
+file, each with its ``date``: the large sizes take hours, so they run in separate sessions. A size that
+does not finish within ``--timeout`` is recorded as such (with the steps that did finish), never left
+out. Corpora are generated once into ``--cache-dir`` and reused.
 """
 from __future__ import annotations
 
@@ -47,6 +55,8 @@ SYNTHETIC_SHARE = SHARES["synthetic"]
 TOKENS_PER_DOCUMENT_BUDGET = 60
 CORES = 2
 STEP_DONE = re.compile(r"^\[(\w+)\] done in ([0-9.]+) s")
+NEAR_DUPLICATES = re.compile(r"^\[neardup\] done in .*marked \(near_duplicate (\d+)\)", re.MULTILINE)
+REFERENCE_MAX = 100_000
 
 
 def write_corpus(cache_dir: Path, size: int) -> tuple[Path, dict[str, Any]]:
@@ -77,6 +87,40 @@ def write_corpus(cache_dir: Path, size: int) -> tuple[Path, dict[str, Any]]:
               "text_bytes": sum(len(t.encode("utf-8")) for t in corpus.texts)}
     totals_path.write_text(json.dumps(totals))
     return folder, totals
+
+
+def corpus_texts(corpus: Path) -> list[str]:
+    """Every text of a corpus folder written by :func:`write_corpus`."""
+    import pyarrow.parquet as pq
+
+    texts = []
+    for name in ("web", "reference"):
+        for shard in sorted((corpus / name).glob("*.jsonl.gz")):
+            with gzip.open(shard, "rt", encoding="utf-8") as lines:
+                texts.extend(json.loads(line)["text"] for line in lines)
+    return texts + pq.read_table(corpus / "synthetic").column("text").to_pylist()
+
+
+def datasketch_reference(texts: list[str], threshold: float = 0.8, num_perm: int = 128) -> dict[str, Any]:
+    """Seconds for datasketch MinHashLSH to sign, insert and query every text in this process (one core),
+    with the permutations drawn once (the fastest use of its API), and the documents it pairs."""
+    from datasketch import MinHash, MinHashLSH
+
+    from udfs.minhash import shingles
+
+    began = time.perf_counter()
+    first = MinHash(num_perm, seed=1)
+    signatures = [MinHash(num_perm, seed=1, permutations=first.permutations, scheme=first.scheme)
+                  for _ in texts]
+    for signature, text in zip(signatures, texts, strict=True):
+        signature.update_batch(shingles(text))
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    with lsh.insertion_session() as session:
+        for key, signature in enumerate(signatures):
+            session.insert(key, signature)
+    paired = sum(1 for key, signature in enumerate(signatures) if len(lsh.query(signature)) > 1)
+    return {"seconds": round(time.perf_counter() - began, 1), "documents_with_a_candidate": paired,
+            "threshold": threshold, "num_perm": num_perm}
 
 
 def write_config(work: Path, corpus: Path, size: int, driver_memory: str) -> list[str]:
@@ -172,7 +216,9 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     wall = time.perf_counter() - began
     text = log_path.read_text(errors="replace")
     steps = {m.group(1): float(m.group(2)) for m in map(STEP_DONE.match, text.splitlines()) if m}
+    marked = NEAR_DUPLICATES.search(text)
     result = {"finished": finished, "wall_seconds": round(wall, 1), "step_seconds": steps,
+              "near_duplicates_marked": int(marked.group(1)) if marked else None,
               "sum_of_step_seconds": round(sum(steps.values()), 1),
               "peak_memory_gib": {k: round(v / 2**30, 2) for k, v in peak.items()}}
     if note:
@@ -180,20 +226,30 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     return result
 
 
-def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool, driver_memory: str) -> dict[str, Any]:
-    results: dict[str, Any] = {"machine": machine_info(), "cores": CORES, "driver_memory": driver_memory, "runs": {}}
+def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool, driver_memory: str,
+              reference_max: int = REFERENCE_MAX, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run each size; ``previous`` (an earlier results file) keeps the sizes not rerun."""
+    runs = dict((previous or {}).get("runs", {}))
+    results: dict[str, Any] = {"machine": machine_info(), "cores": CORES, "driver_memory": driver_memory, "runs": runs}
     for size in sizes:
         corpus, totals = write_corpus(cache_dir, size)
         work = Path(tempfile.mkdtemp(prefix=f"cleanwell-pipeline-{size}-"))
-        run = run_pipeline(work, write_config(work, corpus, size, driver_memory), timeout)
+        run = {"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "driver_memory": driver_memory,
+               "load_average_1min_before": round(os.getloadavg()[0], 2),
+               **run_pipeline(work, write_config(work, corpus, size, driver_memory), timeout)}
         seconds = run["wall_seconds"]
         run.update(totals)
+        if size <= reference_max:
+            reference = datasketch_reference(corpus_texts(corpus))
+            neardup = run["step_seconds"].get("neardup")
+            reference["neardup_step_over_datasketch"] = round(neardup / reference["seconds"], 2) if neardup else None
+            run["neardup_reference"] = reference
         if run["finished"]:
             run["documents_per_second_per_core"] = round(size / seconds / CORES, 1)
             run["mb_per_second_per_core"] = round(totals["text_bytes"] / 2**20 / seconds / CORES, 3)
         run["load_average_1min_after"] = round(os.getloadavg()[0], 2)
         run["work"] = str(work) if keep else None
-        results["runs"][str(size)] = run
+        runs[str(size)] = run
         print(f"{size:>9,} documents: {'finished' if run['finished'] else 'NOT finished'} in {seconds:.0f} s, "
               f"peak {run['peak_memory_gib']['total']} GiB", file=sys.stderr, flush=True)
         if not keep:
@@ -205,15 +261,16 @@ def table(results: dict[str, Any]) -> str:
     runs = results["runs"]
     steps = list(dict.fromkeys(step for run in runs.values() for step in run["step_seconds"]))
     lines = ["| documents | finished | wall s | " + " | ".join(f"{s} s" for s in steps)
-             + " | docs/s/core | MB/s/core | peak GiB (driver / JVM / workers) |",
-             "|---|---|---|" + "---|" * len(steps) + "---|---|---|"]
-    for size, run in runs.items():
-        peak = run["peak_memory_gib"]
+             + " | docs/s/core | MB/s/core | peak GiB (driver / JVM / workers) | datasketch LSH s (neardup / it) |",
+             "|---|---|---|" + "---|" * len(steps) + "---|---|---|---|"]
+    for size, run in sorted(runs.items(), key=lambda item: int(item[0])):
+        peak, reference = run["peak_memory_gib"], run.get("neardup_reference") or {}
         lines.append(f"| {int(size):,} | {'yes' if run['finished'] else 'no'} | {run['wall_seconds']} | "
                      + " | ".join(str(run["step_seconds"].get(s, "-")) for s in steps)
                      + f" | {run.get('documents_per_second_per_core', '-')} | {run.get('mb_per_second_per_core', '-')}"
                      f" | {peak['total']} ({peak.get('python_driver', 0)} / {peak.get('jvm', 0)} / "
-                     f"{peak.get('python_workers', 0)}) |")
+                     f"{peak.get('python_workers', 0)}) | {reference.get('seconds', '-')} "
+                     f"({reference.get('neardup_step_over_datasketch', '-')}x) |")
     return "\n".join(lines)
 
 
@@ -227,10 +284,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--keep", action="store_true", help="keep each run's lake, MLflow store and log")
     parser.add_argument("--driver-memory", default="3g", help="spark.driver.memory (local mode: the JVM's heap "
                         "for driver and executors; the JVM grows towards it, so it bounds the peak)")
+    parser.add_argument("--reference-max", type=int, default=REFERENCE_MAX,
+                        help="largest size that also times datasketch MinHashLSH on the same texts (default "
+                             "%(default)s; it holds every signature in memory)")
+    parser.add_argument("--fresh", action="store_true", help="drop the sizes an earlier run left in --output")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-    results = benchmark(sizes, args.cache_dir, args.timeout, args.keep, args.driver_memory)
+    previous = None if args.fresh or not args.output.exists() else json.loads(args.output.read_text())
+    results = benchmark(sizes, args.cache_dir, args.timeout, args.keep, args.driver_memory, args.reference_max,
+                        previous)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))
