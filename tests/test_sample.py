@@ -166,6 +166,8 @@ def gold_and_log(spark, demo):
     gold = frame.join(keys, "doc_id").cache()
     with tracked_run(cfg, "test-gates") as log:
         yield cfg, gold, log
+        # Later tests of this module point MLflow at their own stores; this run ends in the demo's.
+        configure(cfg)
     gold.unpersist()
 
 
