@@ -148,7 +148,7 @@ def write_config(work: Path, corpus: Path, size: int, driver_memory: str) -> lis
             {"name": "synthetic", "path": str(corpus / "synthetic"), "format": "parquet",
              "defaults": {**defaults, "origin": "synthetic", "generator": "m4-sentences"}},
         ]},
-        "sample": {"mixture": str(work / "mixture.yaml"), "manifest_dir": str(work / "lake" / "manifests")},
+        "sample": {"mixture": str(work / "mixture.yaml")},  # manifests: <lake.root>/manifests
         "report": {"dir": str(work / "reports")},
         "lake": {"root": str(work / "lake")},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlartifacts")},
