@@ -86,8 +86,12 @@ def add_semantic_duplicates(clustered: DataFrame, threshold: float) -> DataFrame
 
     def per_cluster(frame: pd.DataFrame) -> pd.DataFrame:
         vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
-        kept_as = semantic_duplicate_of(vectors, frame["doc_id"].tolist(), frame["_priority"].to_numpy(), threshold)
-        return pd.DataFrame({"doc_id": frame["doc_id"], "semantic_duplicate_of": kept_as})
+        doc_ids = frame["doc_id"].tolist()
+        kept_as = semantic_duplicate_of(vectors, doc_ids, frame["_priority"].to_numpy(), threshold)
+        # Not frame["doc_id"] itself: under pandas 3 it is Arrow-backed, and a cluster larger than one Arrow
+        # batch (spark.sql.execution.arrow.maxRecordsPerBatch) arrives as several chunks, which PySpark 4.1
+        # cannot send back ("Expected Array, got ChunkedArray"; found at 100k documents).
+        return pd.DataFrame({"doc_id": doc_ids, "semantic_duplicate_of": kept_as})
 
     marks = (ranked.select("cluster_id", "doc_id", "embedding", "_priority").groupBy("cluster_id")
              .applyInPandas(per_cluster, "doc_id string, semantic_duplicate_of string"))

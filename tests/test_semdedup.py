@@ -174,3 +174,31 @@ def test_clusters_do_not_depend_on_how_silver_is_partitioned(spark, demo):
                         sorted((r["cluster_id"], r["size"]) for r in summary.collect())))
     assert results[0] == results[1]
     assert len(results[0][1]) == cfg.clusters.k and sum(size for _, size in results[0][1]) == silver.count()
+
+
+@pytest.mark.spark
+def test_a_cluster_larger_than_one_arrow_batch_is_marked(spark, m4_cluster):
+    """issue #16: at 100k documents embed failed with "Expected Array, got ChunkedArray" once a cluster
+    outgrew one Arrow batch (its doc_id column arrived in chunks and was sent back as it came)."""
+    from jobs.embed import add_semantic_duplicates
+
+    vectors, ids, priority = m4_cluster
+    rows = [(0, doc_id, [float(x) for x in vector], False, "human", float(rank), 0.0, None, "wiki")
+            for doc_id, vector, rank in zip(ids, vectors, priority, strict=True)]
+    clustered = spark.createDataFrame(rows, "cluster_id int, doc_id string, embedding array<float>, "
+                                            "pre_ai_archive boolean, origin string, alpha_ratio double, "
+                                            "duplicate_line_fraction double, created_at timestamp, source string")
+    batch_key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(batch_key)
+    spark.conf.set(batch_key, "7")
+    try:
+        marks = {r["doc_id"]: r["semantic_duplicate_of"]
+                 for r in add_semantic_duplicates(clustered, 0.9).select("doc_id", "semantic_duplicate_of").collect()}
+    finally:
+        spark.conf.set(batch_key, before)
+    # Every other key of survivor_order ties, so alpha_ratio (descending) then doc_id ranks the documents.
+    ranked = sorted(range(len(ids)), key=lambda i: (-priority[i], ids[i]))
+    rank = np.empty(len(ids))
+    rank[ranked] = np.arange(1, len(ids) + 1)
+    expected = semantic_duplicate_of(np.asarray(vectors, dtype=np.float32), ids, rank, 0.9)
+    assert marks == dict(zip(ids, expected, strict=True)) and any(expected)
