@@ -3,7 +3,8 @@
 ``python -m bench.signals`` (part of ``make bench``) measures:
 
 * throughput, in documents per second on 1 and 2 processes, of ``udfs.heuristics.quality_rule_signals`` (Gopher,
-  C4, FineWeb), ``udfs.langid.detect_language`` and ``EmbeddingModel.transform``, on ~300-word pieces of the
+  C4, FineWeb), ``udfs.langid.detect_language`` (beside py3langid's classify one document at a time, its
+  reference) and ``EmbeddingModel.transform``, on ~300-word pieces of the
   real M4 texts, with the plain zlib-ratio loop of :mod:`bench.detect` measured in the same rounds as the
   machine-independent yardstick (the harness is :func:`bench.detect.measure_throughput`);
 * semantic deduplication: ``udfs.semdedup.semantic_duplicate_of`` (chunked matrix products, connected
@@ -42,7 +43,7 @@ from bench.detect import (
 from bench.minhash_core import NearDuplicateCorpus, near_duplicate_corpus
 from udfs.embeddings import EmbeddingModel
 from udfs.heuristics import quality_rule_signals
-from udfs.langid import detect_language
+from udfs.langid import DEFAULT_MAX_CHARS, _identifier, detect_language
 from udfs.semdedup import semantic_duplicate_of, semantic_duplicate_of_brute_force
 
 RESULTS_PATH = REPO_ROOT / "bench" / "results" / "signals.json"
@@ -157,6 +158,13 @@ def semdedup_table(semdedup: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def py3langid_one_by_one(texts: Sequence[str]) -> list[tuple[str, float]]:
+    """The reference for ``detect_language``: py3langid's own classify, one document at a time, on the same
+    first 2,000 characters (detect_language walks a batch of documents at once; issue #16)."""
+    identifier = _identifier(None)
+    return [identifier.classify(text[:DEFAULT_MAX_CHARS]) for text in texts]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.signals", description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=4000, help="documents scored per measurement (default 4000)")
@@ -174,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "zlib_ratio_loop": (zlib_ratios, (1, 2)),
         "quality_rule_signals": (quality_rule_signals, (1, 2)),
         "detect_language": (detect_language, (1, 2)),
+        "py3langid_one_by_one": (py3langid_one_by_one, (1, 2)),
         "embedding_transform": (embedding_model.transform, (1, 2)),
     }
     throughput = measure_throughput(workloads, texts, rounds=args.rounds)

@@ -251,6 +251,25 @@ def test_detect_language_restricted_to_candidates():
         langid.detect_language(["text"], languages=["xx-not-a-language"])
 
 
+@pytest.mark.parametrize("languages", [None, ("en", "fr", "sr")])
+def test_batched_identification_equals_py3langid_document_by_document(monkeypatch: pytest.MonkeyPatch, languages):
+    """issue #16: detect_language walks a batch of documents at once (6x py3langid's rate); py3langid's own
+    classify, one document at a time, is the reference for every code and confidence."""
+    rows = [json.loads(line) for line in (M4 / "wikihow_llama2.jsonl").read_text(encoding="utf-8").splitlines()[:15]]
+    texts = [*KNOWN_LANGUAGES.values(), *(row["human_text"] for row in rows), *(row["machine_text"] for row in rows),
+             KNOWN_LANGUAGES["en"].upper(), "Ово је српски текст на ћирилици о националним парковима.",
+             "Ovo je srpski tekst na latinici o nacionalnim parkovima.", "x", "\ud800 lone surrogate text",
+             "Café ﬁne naïve e\u0301", "🌲🌲 parks 🌲", "a" * 5000, "mixed English und Deutsch text " * 200]
+    max_chars = 700
+    monkeypatch.setattr(langid, "_BATCH_DOCS", 7)  # several batches, each with documents of unequal length
+    codes, confidences = langid.detect_language(texts, max_chars=max_chars, languages=languages)
+    reference = langid._identifier(tuple(sorted(languages)) if languages else None)
+    expected = [reference.classify(text[:max_chars]) for text in texts]
+    assert codes.tolist() == [code for code, _ in expected]
+    np.testing.assert_allclose(confidences, [confidence for _, confidence in expected], rtol=0, atol=1e-5)
+    assert len(set(codes)) >= (3 if languages else 6)
+
+
 def test_language_model_loads_and_runs_without_network(monkeypatch: pytest.MonkeyPatch):
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("language identification tried to open a network connection")
@@ -258,6 +277,7 @@ def test_language_model_loads_and_runs_without_network(monkeypatch: pytest.Monke
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     langid._identifier.cache_clear()
+    langid._batch_model.cache_clear()
     codes, _ = langid.detect_language([KNOWN_LANGUAGES["fr"]])
     assert codes.tolist() == ["fr"]
 
