@@ -47,6 +47,7 @@ from udfs.detectors import (
     text_signals,
 )
 from udfs.ngram_lm import NGramLM, lm_signals, train_ngram_lm
+from udfs.sparse_counts import count_matrix, select_columns
 from udfs.tokenizer import Tokenizer, train_tokenizer
 
 DETECTOR_COLUMNS = ("classifier_score", *ZERO_SHOT_SIGNALS)
@@ -107,7 +108,7 @@ class _NgramClassifier:
             params: DetectorParams) -> _NgramClassifier:
         document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
         columns = np.flatnonzero(document_frequency >= params.min_document_frequency).astype(np.int32)
-        idf = TfidfTransformer(sublinear_tf=True).fit(counts[:, columns])
+        idf = TfidfTransformer(sublinear_tf=True).fit(select_columns(counts, columns))
         medians = scaler = None
         if dense is not None:
             medians = _column_medians(dense)
@@ -118,7 +119,7 @@ class _NgramClassifier:
         return classifier
 
     def _features(self, counts: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
-        ngrams = self.ngram_idf.transform(counts[:, self.ngram_columns])
+        ngrams = self.ngram_idf.transform(select_columns(counts, self.ngram_columns))
         if self.dense_scaler is None:
             return ngrams
         scaled = self.dense_scaler.transform(_impute(dense, self.dense_medians)) * self.dense_feature_weight
@@ -222,8 +223,7 @@ def hashed_char_ngram_counts(texts: Sequence[str], ngram_range: tuple[int, int] 
             inside_one_doc = doc_of_char[:windows] == doc_of_char[n - 1:]
             rows.append(doc_of_char[:windows][inside_one_doc])
             columns.append((hashes[inside_one_doc] % np.uint64(n_features)).astype(np.int64))
-        row, column = np.concatenate(rows), np.concatenate(columns)
-        blocks.append(sparse.csr_matrix((np.ones(row.size), (row, column)), shape=(len(chunk), n_features)))
+        blocks.append(count_matrix(np.concatenate(rows), np.concatenate(columns), (len(chunk), n_features)))
     if not blocks:
         return sparse.csr_matrix((0, n_features))
     return sparse.vstack(blocks, format="csr")

@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
 from udfs.ngram_lm import NGramLM, binoculars_ratio, lm_signals, mean_log_likelihood
 from udfs.text import normalize_text
@@ -138,12 +139,15 @@ def _type_token_ratio(word_lists: Sequence[list[str]], window: int = MATTR_WINDO
     # No loop over windows: a word is a new type in window [s, s+W) exactly when its previous
     # occurrence lies before s, so each word adds 1 to a closed-form number of windows.
     ratios = np.full(len(word_lists), np.nan)
-    vocabulary: dict[str, int] = {}
-    for i, text_words in enumerate(word_lists):
-        n = len(text_words)
+    # One id per distinct word of the whole batch, in one hashing pass (pandas.factorize), not a dict
+    # lookup per word in Python (a quarter of the detector's scoring time; issue #16).
+    lengths = np.fromiter(map(len, word_lists), dtype=np.int64, count=len(word_lists))
+    all_ids = pd.factorize(pd.Series([w for text_words in word_lists for w in text_words], dtype=object))[0]
+    ends = np.cumsum(lengths)
+    for i, n in enumerate(lengths.tolist()):
         if n == 0:
             continue
-        ids = np.fromiter((vocabulary.setdefault(w, len(vocabulary)) for w in text_words), dtype=np.int64, count=n)
+        ids = all_ids[ends[i] - n:ends[i]]
         if n <= window:
             ratios[i] = np.unique(ids).size / n
             continue

@@ -1,0 +1,42 @@
+"""udfs.sparse_counts against scipy.sparse, the library it stands in for on the scoring path (issue #16)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import sparse
+
+from udfs.sparse_counts import count_matrix, select_columns
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 50), (300, 2**20)])
+def test_count_matrix_equals_scipy_summing_duplicates(shape):
+    rng = np.random.default_rng(shape[1])
+    size = 20 * shape[0]
+    rows = rng.integers(0, shape[0], size)
+    columns = rng.zipf(1.5, size) % shape[1]  # many repeated pairs
+    ours = count_matrix(rows, columns, shape)
+    reference = sparse.csr_matrix((np.ones(size), (rows, columns)), shape=shape)
+    reference.sum_duplicates()
+    assert ours.has_sorted_indices and ours.shape == shape and ours.dtype == np.float64
+    assert np.array_equal(ours.indptr, reference.indptr) and np.array_equal(ours.indices, reference.indices)
+    assert np.array_equal(ours.data, reference.data)
+
+
+def test_count_matrix_of_nothing_and_rows_without_entries():
+    empty = count_matrix(np.zeros(0, np.int64), np.zeros(0, np.int64), (3, 5), dtype=np.float32)
+    assert empty.shape == (3, 5) and empty.nnz == 0 and empty.dtype == np.float32
+    gaps = count_matrix(np.array([2, 0, 2]), np.array([4, 1, 4]), (4, 5))
+    assert gaps.toarray().tolist() == [[0, 1, 0, 0, 0], [0] * 5, [0, 0, 0, 0, 2], [0] * 5]
+    with pytest.raises(ValueError, match="outside the shape"):
+        count_matrix(np.array([3]), np.array([0]), (3, 5))
+
+
+def test_select_columns_equals_scipy_column_indexing():
+    rng = np.random.default_rng(3)
+    matrix = sparse.random(40, 1000, density=0.05, format="csr", random_state=4)
+    columns = np.flatnonzero(rng.random(1000) < 0.3)
+    ours, reference = select_columns(matrix, columns), matrix[:, columns]
+    assert ours.shape == reference.shape and (ours != reference).nnz == 0
+    assert select_columns(matrix, np.zeros(0, np.int64)).shape == (40, 0)
+    with pytest.raises(ValueError, match="increasing"):
+        select_columns(matrix, np.array([5, 2]))
