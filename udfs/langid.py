@@ -99,7 +99,7 @@ def _batch_model(languages: tuple[str, ...] | None) -> _BatchModel:
             pairs.append((first[label], i))
         else:
             first[label] = i
-    return _BatchModel(next_state=np.frombuffer(identifier.tk_nextmove, dtype=np.uint32).astype(np.int64),
+    return _BatchModel(next_state=np.frombuffer(identifier.tk_nextmove, dtype=f"u{identifier.tk_nextmove.itemsize}"),
                        row_base=np.asarray(identifier.tk_row, dtype=np.int64) << 8,
                        feature_of_state=np.asarray(identifier.tk_output, dtype=np.int64),
                        class_log_prob=np.asarray(identifier.nb_ptc, dtype=np.float32),
@@ -124,7 +124,7 @@ def _classify_batch(model: _BatchModel, encoded: list[bytes]) -> np.ndarray:
     width = int(lengths[0]) if n else 0
     flat = np.frombuffer(b"".join(encoded[i] for i in order), dtype=np.uint8)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    by_position = np.zeros((width, n), dtype=np.int64)
+    by_position = np.zeros((width, n), dtype=np.uint8)  # at most 8 kB x documents
     by_position[np.arange(len(flat)) - np.repeat(starts, lengths), np.repeat(np.arange(n), lengths)] = flat
     walking = np.searchsorted(-lengths, -np.arange(1, width + 1), side="right")  # documents longer than i
     state = np.zeros(n, dtype=np.int64)
