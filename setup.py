@@ -24,7 +24,7 @@ INSTALL_REQUIRES = [
     "PyYAML>=6",
     "pydantic>=2.6,<3",
     "click>=8.1",
-    "py3langid>=0.4.0",  # udfs/langid.py batches over its model arrays (tk_row, tk_output, nb_ptc)
+    "py3langid>=0.4.0",  # udfs/langid.py batches over its model arrays, _rowbase, _alias_pairs and _encode
     "fsspec>=2024.2",
     # zstd read to the exact byte of a break (pyarrow's codec drops its last 1 MiB buffer there).
     "zstandard>=0.22",

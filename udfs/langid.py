@@ -8,7 +8,6 @@ which languages and which minimum confidence a mixture accepts is the sampling j
 """
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +61,7 @@ def detect_language(
     lettered = np.flatnonzero([any(character.isalpha() for character in sample) for sample in samples])
     for start in range(0, len(lettered), _BATCH_DOCS):
         chosen = lettered[start:start + _BATCH_DOCS]
-        probabilities = _classify_batch(model, [_encode(samples[i]) for i in chosen])
+        probabilities = _classify_batch(model, [LanguageIdentifier._encode(samples[i]) for i in chosen])
         best = probabilities.argmax(axis=1)
         codes[chosen] = model.labels[best]
         confidences[chosen] = probabilities[np.arange(len(chosen)), best]
@@ -91,27 +90,15 @@ class _BatchModel:
 
 @lru_cache(maxsize=8)
 def _batch_model(languages: tuple[str, ...] | None) -> _BatchModel:
+    # py3langid's own arrays and alias pairs (set by set_languages), not a recomputation of them.
     identifier = _identifier(languages)
-    first: dict[str, int] = {}
-    pairs = []
-    for i, label in enumerate(identifier.nb_classes):
-        if label in first:
-            pairs.append((first[label], i))
-        else:
-            first[label] = i
     return _BatchModel(next_state=np.frombuffer(identifier.tk_nextmove, dtype=f"u{identifier.tk_nextmove.itemsize}"),
-                       row_base=np.asarray(identifier.tk_row, dtype=np.int64) << 8,
+                       row_base=np.asarray(identifier._rowbase, dtype=np.int64),
                        feature_of_state=np.asarray(identifier.tk_output, dtype=np.int64),
                        class_log_prob=np.asarray(identifier.nb_ptc, dtype=np.float32),
                        prior=np.asarray(identifier.nb_pc, dtype=np.float32),
-                       labels=np.asarray(identifier.nb_classes, dtype=object), alias_pairs=tuple(pairs))
-
-
-def _encode(text: str) -> bytes:
-    """py3langid's own preparation of a text: all-caps lowered, NFC, UTF-8 (lone surrogates kept)."""
-    if text.isupper():
-        text = text.lower()
-    return unicodedata.normalize("NFC", text).encode("utf8", errors="surrogatepass")
+                       labels=np.asarray(identifier.nb_classes, dtype=object),
+                       alias_pairs=tuple(identifier._alias_pairs))
 
 
 def _classify_batch(model: _BatchModel, encoded: list[bytes]) -> np.ndarray:
