@@ -70,8 +70,8 @@ def add_clusters(embedded: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame
     clustered = embedded.withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids))
     sizes = clustered.groupBy("cluster_id").count()
     spark = embedded.sparkSession
-    summary = (spark.createDataFrame([(i, [float(x) for x in centre]) for i, centre in enumerate(centroids)],
-                                     "cluster_id int, centroid array<double>")
+    summary = (tables.local_frame(spark, [(i, [float(x) for x in centre]) for i, centre in enumerate(centroids)],
+                                 "cluster_id int, centroid array<double>")
                .join(sizes, "cluster_id", "left").fillna(0, ["count"]).withColumnRenamed("count", "size"))
     return clustered, summary
 

@@ -52,8 +52,8 @@ def read_silver(spark: SparkSession, cfg: Config) -> tuple[int, DataFrame]:
 def check_mixture(cfg: Config, spark: SparkSession, summary: dict[str, Any], mixture: MixtureConfig,
                   log: RunLog) -> None:
     """The `mixture` suite on a one-row frame of the summary; its `${...}` bounds come from the mixture."""
-    row = spark.createDataFrame([tuple(float(summary[c]) for c in MIXTURE_GATE_COLUMNS)],
-                                ", ".join(f"{c} double" for c in MIXTURE_GATE_COLUMNS))
+    row = tables.local_frame(spark, [tuple(float(summary[c]) for c in MIXTURE_GATE_COLUMNS)],
+                             ", ".join(f"{c} double" for c in MIXTURE_GATE_COLUMNS))
     params = {"budget_tolerance": mixture.budget_tolerance, "max_synthetic_share": mixture.max_synthetic_share,
               "weight_tolerance": mixture.weight_tolerance, "max_source_share": mixture.max_source_share}
     gates.check(cfg, row, "mixture", log, f"mixture {mixture.name}", params=params)

@@ -185,8 +185,8 @@ def flush(cfg: Config, spark, log: RunLog) -> None:
     """Append the step's queued gate outcomes to gate_results in one commit (the runner calls this when a
     step ends, also when it fails: a failed gate's rows are what a user queries)."""
     if log.gate_rows:
-        tables.append(spark.createDataFrame(log.gate_rows, GATE_RESULT_SCHEMA), tables.table_ref(cfg, "gate_results"),
-                      run_id=log.run_id)
+        rows = tables.local_frame(spark, log.gate_rows, GATE_RESULT_SCHEMA)
+        tables.append(rows, tables.table_ref(cfg, "gate_results"), run_id=log.run_id)
         log.gate_rows.clear()
 
 

@@ -137,7 +137,7 @@ def write_manifest(spark: SparkSession, cfg: Config, manifest: dict[str, Any], l
     # inputs (--force, or after a run killed between this write and its success record) replaces the row
     # instead of adding a second one for the same mixture. The per-run JSON files above and the table's
     # Delta history keep the replaced manifest.
-    tables.merge_upsert(spark.createDataFrame(row, schema), tables.table_ref(cfg, "manifests"),
+    tables.merge_upsert(tables.local_frame(spark, row, schema), tables.table_ref(cfg, "manifests"),
                         ("mixture", "silver_version", "config_hash"), run_id=log.run_id)
     log.artifact_text(text, f"manifest/{manifest['run_id']}.json")
     return path

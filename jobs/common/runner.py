@@ -121,7 +121,7 @@ def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, c
     outputs = {f"table:{name}": _version_key(spark, cfg, name) for name in step.outputs}
     row = [(step.name, run_id, config_hash, inputs, outputs, json.dumps(summary, default=str),
             dt.datetime.now(dt.UTC))]
-    tables.append(spark.createDataFrame(row, STATE_SCHEMA), tables.table_ref(cfg, "pipeline_runs"), run_id=run_id)
+    tables.append(tables.local_frame(spark, row, STATE_SCHEMA), tables.table_ref(cfg, "pipeline_runs"), run_id=run_id)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ import math
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from jobs.common import tables
 from jobs.common.config import MixtureConfig
 from udfs.mixing import Candidate, allocate_cells, greedy_fill
 
@@ -81,7 +82,7 @@ def _running(order: list, partition: list | None = None) -> Window:
 def select(eligible: DataFrame, mixture: MixtureConfig, cell_targets: dict[tuple, float]) -> DataFrame:
     """Chosen (doc_id, epoch) rows with the columns of ``eligible``."""
     spark = eligible.sparkSession
-    targets = spark.createDataFrame([(str(g), int(c), float(t)) for (g, c), t in cell_targets.items()],
+    targets = tables.local_frame(spark, [(str(g), int(c), float(t)) for (g, c), t in cell_targets.items()],
                                     "_group string, cluster_id int, _cell_target double")
     order = ["epoch", "priority_class", "selection_rank", "doc_id"]
     copies = (_copies(eligible, mixture).withColumn("_group", F.col(mixture.group_by).cast("string"))
@@ -140,7 +141,7 @@ def _fill(copies: DataFrame, chosen: DataFrame, mixture: MixtureConfig) -> DataF
                         mixture.max_synthetic_share * budget - synthetic, room)
     if not added:
         return chosen
-    extra = copies.sparkSession.createDataFrame(added, "doc_id string, epoch int")
+    extra = tables.local_frame(copies.sparkSession, added, "doc_id string, epoch int")
     return chosen.unionByName(copies.join(extra, ["doc_id", "epoch"]))
 
 

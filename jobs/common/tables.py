@@ -152,6 +152,22 @@ def history(spark: SparkSession, ref: TableRef, limit: int | None = None) -> Dat
     return table.history(limit) if limit else table.history()
 
 
+def local_frame(spark: SparkSession, rows: Sequence[Sequence], schema: str) -> DataFrame:
+    """Rows built on the driver (bookkeeping rows, gate results, small lookup tables) as a DataFrame of
+    ``schema`` (DDL). They go to Spark as one Arrow table, which it plans as a local relation: no job, no
+    Python worker. A Python list given to ``createDataFrame`` becomes an RDD instead, and every action on
+    it costs a job that starts a Python worker: ~1.3 s per frame on 2 cores (docs/performance.md), ~20
+    frames per pipeline run. The schema is resolved by Spark itself (an empty frame's, which runs nothing),
+    so the types are those the DDL gives, also under Spark Connect."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    struct = spark.createDataFrame([], schema).schema
+    names = struct.fieldNames()
+    table = pa.Table.from_pylist([dict(zip(names, row, strict=True)) for row in rows], schema=to_arrow_schema(struct))
+    return spark.createDataFrame(table, struct)
+
+
 def require_columns(df: DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
