@@ -67,7 +67,7 @@ def stage_cells(frame: DataFrame) -> pd.DataFrame:
 
 
 def _composition(cells: dict[str, pd.DataFrame], column: str) -> pd.DataFrame:
-    parts = [frame.groupby(column, dropna=False)["count"].sum().reset_index().assign(stage=stage)
+    parts = [frame.groupby(column)["count"].sum().reset_index().assign(stage=stage)
              for stage, frame in cells.items()]
     if not parts:
         return pd.DataFrame()
