@@ -103,9 +103,34 @@ def read_table(spark: SparkSession, ref: TableRef, version: int | None = None) -
 
 def current_version(spark: SparkSession, ref: TableRef) -> int | None:
     """Latest committed version, or None when the table does not exist yet."""
+    stamp = version_stamp(spark, ref)
+    return None if stamp is None else stamp[0]
+
+
+def version_stamp(spark: SparkSession, ref: TableRef) -> tuple[int, int] | None:
+    """(latest version, a stamp of its commit's time), or None when the table does not exist: one state of
+    the table even when it is deleted and created again at the same place. Compare stamps for equality
+    only (the two routes below measure the time differently)."""
     if not exists(spark, ref):
         return None
-    return int(_delta_table(spark, ref).history(1).select("version").first()[0])
+    table = _delta_table(spark, ref)
+    try:
+        snapshot = _updated_snapshot(spark, table)
+        return int(snapshot.version()), int(snapshot.timestamp())
+    except Exception:  # a Delta without that internal API (or no py4j): the public route, one Spark job
+        row = table.history(1).select("version", "timestamp").first()
+        return int(row[0]), int(row[1].timestamp() * 1000)
+
+
+def _updated_snapshot(spark: SparkSession, table: DeltaTable):
+    """Delta's log brought up to date from storage (it lists the log, so another process's commits count),
+    without a Spark job: ``history(1)`` plans a query and runs a job for it, 0.3-0.5 s against 0.03 s,
+    and a demo run asks ~50 times (docs/performance.md). ``deltaLog`` and ``update`` are Delta Lake's
+    internal JVM API (delta-spark 4.x): a build without them (Databricks Runtime, Spark Connect's
+    Python-only DeltaTable) raises, and the caller takes the public route."""
+    log = table._jdt.deltaLog()
+    none = spark._jvm.scala.Option.empty()
+    return log.update(False, none, none)
 
 
 # The versions of a running step's output tables when it started ({"step": name, "versions": {table: v}}):
