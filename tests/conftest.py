@@ -26,6 +26,11 @@ def lake_overrides(root: Path) -> list[str]:
             f"report.dir={root / 'reports'}", "spark.conf.spark.sql.shuffle.partitions=4"]
 
 
+def spark_jobs(spark) -> int:
+    """How many Spark jobs the session has run so far: equal before and after a block that ran none."""
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+
+
 # For a test process that runs one or two steps in a cold JVM: C1-only JIT (C2's compilations hardly pay
 # back in a JVM that lives a minute; a one-process demo run gains nothing, docs/performance.md).
 SHORT_LIVED_JVM = "spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1"

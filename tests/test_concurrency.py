@@ -9,6 +9,7 @@ from delta import exceptions as delta_errors
 
 from jobs.common import tables
 from jobs.common.errors import ConcurrentWriteError
+from tests.conftest import spark_jobs
 
 pytestmark = pytest.mark.spark
 
@@ -192,9 +193,9 @@ def test_the_runs_a_process_keeps_are_those_on_disk_and_another_writer_s_row_is_
         _successful_runs(spark, cfg)
         step = Step(name=name, run=lambda spark, cfg, log: {}, inputs=(), outputs=(), config_sections=(), help="t")
         _record_success(spark, cfg, step, f"run-{name}", "hash", {}, {})
-    jobs_before = len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+    jobs_before = spark_jobs(spark)
     assert [r["step"] for r in kept()] == ["first", "second"]
-    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == jobs_before  # kept, not read
+    assert spark_jobs(spark) == jobs_before  # kept, not read
     assert kept() == on_disk()
 
     other = ("other", "run-x", "h", {}, {}, "{}", max(r["finished_at"] for r in on_disk()))

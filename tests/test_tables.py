@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 
 from jobs.common import tables
+from tests.conftest import spark_jobs
 
 pytestmark = pytest.mark.spark
 
@@ -18,13 +19,13 @@ ROWS = [("ingest", 1, 2**40, 0.25, True, {"table:bronze": "3", "table:quarantine
 
 
 def test_driver_rows_become_the_frame_createdataframe_gives_without_a_spark_job(spark):
-    jobs_before = len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+    jobs_before = spark_jobs(spark)
 
     frame = tables.local_frame(spark, ROWS, SCHEMA)
     got = frame.collect()
 
     # A local relation: collected on the driver, no job (a list's RDD costs one with a Python worker).
-    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == jobs_before
+    assert spark_jobs(spark) == jobs_before
     assert frame.schema == spark.createDataFrame(ROWS, SCHEMA).schema
     assert got == spark.createDataFrame(ROWS, SCHEMA).collect()
     assert tables.local_frame(spark, [], SCHEMA).count() == 0
@@ -47,10 +48,10 @@ def test_versions_come_from_the_log_without_a_job_and_see_another_process_commit
     copy = tables.TableRef("copy", str(tmp_path / "copy"), True)
     shutil.copytree(source.location, copy.location, ignore=shutil.ignore_patterns("00000000000000000002.*"))
 
-    jobs_before = len(spark.sparkContext.statusTracker().getJobIdsForGroup(None))
+    jobs_before = spark_jobs(spark)
     assert tables.current_version(spark, source) == 2
     assert tables.current_version(spark, copy) == 1
-    assert len(spark.sparkContext.statusTracker().getJobIdsForGroup(None)) == jobs_before
+    assert spark_jobs(spark) == jobs_before
     history = tables._delta_table(spark, copy).history(1).select("version").first()[0]
     assert history == 1
 
