@@ -174,8 +174,9 @@ def test_a_table_another_process_created_after_this_session_looked_is_seen(spark
 
 def test_the_runs_a_process_keeps_are_those_on_disk_and_another_writer_s_row_is_read(spark, make_config):
     """The runner keeps pipeline_runs in memory after its own append (a read of each new version costs
-    ~1.5 s a step). What it returns must equal a fresh read of the table: after its own steps, after
-    another writer's row (read again), and after the table is deleted and made again to the same version."""
+    ~1.5 s a step), also after the append that created the table. What it returns must equal a fresh read
+    of the table: after its own steps, after another writer's row (read again), and after the table is
+    deleted and made again to the same version."""
     import shutil
 
     from jobs.common.runner import STATE_SCHEMA, Step, _record_success, _successful_runs
@@ -190,7 +191,9 @@ def test_the_runs_a_process_keeps_are_those_on_disk_and_another_writer_s_row_is_
         return sorted(_successful_runs(spark, cfg), key=lambda r: r["finished_at"])
 
     for name in ("first", "second"):  # what execute() does around a step: read the runs, record success
+        jobs_before = spark_jobs(spark)
         _successful_runs(spark, cfg)
+        assert spark_jobs(spark) == jobs_before  # no table, then the row the first append made: no read
         step = Step(name=name, run=lambda spark, cfg, log: {}, inputs=(), outputs=(), config_sections=(), help="t")
         _record_success(spark, cfg, step, f"run-{name}", "hash", {}, {})
     jobs_before = spark_jobs(spark)
