@@ -74,3 +74,85 @@ def test_a_gate_that_cannot_be_computed_says_why(spark, make_config, tmp_path):
     with tracked_run(cfg, "gate-error") as log, pytest.raises(GateFailed) as failure:
         gates.check(cfg, frame, ["range"], log, "t", params={"top": 1})
     assert "KeyError" in str(failure.value) and "lacks 'idf'" in str(failure.value)
+
+
+# Which table each shipped suite gates in a demo run (jobs/*.py: gates.publish / gates.check).
+SUITE_TABLES = {"bronze": "bronze", "clusters": "clusters", "gold": "gold", "exclusions": "exclusions",
+                **{suite: "silver" for suite in ("silver", "silver_quality", "silver_heuristics", "silver_language",
+                                                 "silver_neardup", "silver_tokens", "silver_detect", "silver_embed")}}
+
+
+def _comparable(results):
+    """(suite, expectation, column, success, what was observed) per outcome; unexpected values sorted, as
+    the engines list them in their own order."""
+    keep = ("observed_value", "element_count", "missing_count", "unexpected_count", "partial_unexpected_list")
+    return [(r.suite, o.expectation, o.kwargs.get("column"), o.success,
+             {k: sorted(map(str, v)) if isinstance(v, list) else v for k, v in o.observed.items() if k in keep})
+            for r in results for o in r.outcomes]
+
+
+def _spoiled(silver):
+    """Demo silver with planted violations of several silver suites: unknown origins, a duplicated doc_id,
+    negative word counts, a near-duplicate mark without its reason."""
+    first = F.substring("doc_id", 1, 1)
+    spoiled = (silver.withColumn("origin", F.when(first < "2", F.lit("robot")).otherwise(F.col("origin")))
+               .withColumn("n_words", F.when(first == "a", -F.col("n_words")).otherwise(F.col("n_words")))
+               .withColumn("duplicate_of", F.when(first == "3", F.col("doc_id")).otherwise(F.col("duplicate_of"))))
+    return spoiled.unionByName(spoiled.limit(1))
+
+
+@pytest.mark.spark
+def test_pandas_and_spark_engines_agree_on_every_suite_of_a_demo_run(demo, spark):
+    """gates.local_max_rows sends small frames to GX's pandas engine: every shipped suite must come out the
+    same (success and what was observed) as on the Spark engine, on the demo's tables as published and on
+    a silver that breaks several suites."""
+    cfg, _, _ = demo
+    excluded = tables.read_table(spark, tables.table_ref(cfg, "exclusions")).count()
+    params = {"excluded": excluded}
+    frames = {name: tables.read_table(spark, tables.table_ref(cfg, name)).cache()
+              for name in set(SUITE_TABLES.values())}
+    cases = [(suite, frames[name]) for suite, name in SUITE_TABLES.items()]
+    cases.append(("silver*", _spoiled(frames["silver"]).cache()))
+    failures_seen = 0
+    for suite, frame in cases:
+        names = [s for s, t in SUITE_TABLES.items() if t == "silver"] if suite == "silver*" else [suite]
+        specs = {name: gates.load_suite(cfg, name, params) for name in names}
+        local = gates._local_copy(frame, specs, max_rows=10**6)
+        assert local is not None, f"{suite}: the pandas route was not taken"
+        on_pandas, on_spark = gates._run_suites(local, specs, "BASIC"), gates._run_suites(frame, specs, "BASIC")
+        assert _comparable(on_pandas) == _comparable(on_spark), suite
+        failures_seen += sum(len(r.failures) for r in on_spark)
+    assert failures_seen >= 4  # the spoiled silver did break expectations: the comparison covered failures
+    for frame in frames.values():
+        frame.unpersist()
+
+
+@pytest.mark.spark
+def test_small_frames_are_validated_in_the_driver_and_nan_large_or_spark_sql_conditions_are_not(spark):
+    """The pandas route takes one count and one collect; a NaN (which pandas would count as missing and let
+    `between` skip), more rows than the limit, or a Spark-SQL row condition keep GX's Spark engine."""
+    from tests.conftest import spark_jobs
+
+    specs = {"range": [("expect_column_values_to_be_between", {"column": "score", "min_value": 0, "max_value": 1}),
+                       ("expect_column_values_to_be_unique", {"column": "doc_id"}),
+                       ("expect_column_values_to_not_be_null", {"column": "doc_id"})]}
+    frame = spark.createDataFrame([("a", 0.5), ("b", None)], "doc_id string, score double").cache()
+    jobs = {}
+    for limit in (2, 0):
+        before = spark_jobs(spark)
+        (result,) = gates.validate_all(frame, specs, "BASIC", local_max_rows=limit)
+        jobs[limit] = spark_jobs(spark) - before
+        assert result.success and result.outcomes[0].observed["missing_count"] == 1
+    assert jobs[2] < jobs[0], jobs  # the driver route ran fewer Spark jobs than GX's Spark engine
+    specs = {"range": specs["range"][:1]}
+
+    with_nan = spark.createDataFrame([("a", 0.5), ("b", float("nan"))], "doc_id string, score double")
+    assert gates._local_copy(with_nan, specs, max_rows=10) is None
+    (result,) = gates.validate_all(with_nan, specs, "BASIC", local_max_rows=10)
+    assert not result.success and result.outcomes[0].observed["unexpected_count"] == 1  # Spark rejects NaN
+    assert gates._local_copy(frame, specs, max_rows=1) is None
+    conditional = {"range": [("expect_column_values_to_not_be_null",
+                              {"column": "score", "row_condition": "doc_id = 'a'", "condition_parser": "spark"})]}
+    assert gates._local_copy(frame, conditional, max_rows=10) is None
+    (result,) = gates.validate_all(frame, conditional, "BASIC", local_max_rows=10)
+    assert result.success

@@ -92,14 +92,16 @@ def load_suite(cfg: Config, suite: str, params: dict[str, Any] | None = None) ->
 
 @functools.lru_cache(maxsize=1)
 def _context():
+    """One ephemeral GX context per process, with a whole-frame batch definition per engine."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_definition = (context.data_sources.add_spark("cleanwell").add_dataframe_asset("frame")
-                        .add_batch_definition_whole_dataframe("whole"))
-    return context, batch_definition
+    batch_definitions = {engine: getattr(context.data_sources, f"add_{engine}")(f"cleanwell-{engine}")
+                         .add_dataframe_asset("frame").add_batch_definition_whole_dataframe("whole")
+                         for engine in ("spark", "pandas")}
+    return context, batch_definitions
 
 
 Specs = list[tuple[str, dict[str, Any]]]
@@ -122,12 +124,59 @@ def _exception_message(info: dict | None) -> str | None:
     return None
 
 
-def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> list[GateResult]:
-    """One GX validation of every expectation of ``suites`` (each tagged with its suite in ``meta``)."""
+def _local_copy(df: DataFrame, suites: dict[str, Specs], max_rows: int):
+    """``df`` as a pandas frame when GX's pandas engine may validate it instead of its Spark engine, else None.
+
+    Why: on a small frame GX's Spark engine spends its time in Spark jobs (~20 for the 36 expectations
+    on demo silver, 3.5-5.6 s), its pandas engine validates the same suites in ~0.4 s after one
+    collect (docs/performance.md). The results are the same (tests/test_gates.py compares both engines
+    on every suite of a demo run), with three exceptions that keep the Spark route:
+    - more than ``max_rows`` rows (the copy lives in the driver's memory);
+    - an expectation with a string ``row_condition`` (``condition_parser: spark`` is Spark SQL; the
+      structured conditions of conf/expectations/silver_neardup.yaml work on both engines);
+    - a NaN in a float column: pandas counts NaN as missing, so `between` would skip a value Spark
+      rejects (Arrow keeps null and NaN apart, so they are told apart before the conversion);
+    and a frame that cannot be computed (a failing UDF upstream) goes to Spark too, whose validation
+    reports the error per expectation (:func:`_exception_message`)."""
+    import pyarrow.compute as pc
+    import pyarrow.types as pat
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    if max_rows <= 0 or any("condition_parser" in kwargs for specs in suites.values() for _, kwargs in specs):
+        return None
+    try:
+        if df.count() > max_rows:
+            return None
+        table = df.toArrow()
+    except (PySparkException, Py4JError):
+        return None
+    if any(pat.is_floating(column.type) and pc.any(pc.is_nan(column)).as_py() for column in table.columns):
+        return None
+    return table.to_pandas()
+
+
+def _nan_as_none(value: Any) -> Any:
+    """pandas shows a missing value as NaN where Spark shows None; a frame with a real NaN never reaches
+    the pandas engine (:func:`_local_copy`), so NaN here is always a null."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_as_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_as_none(v) for v in value]
+    return value
+
+
+def _run_suites(df, suites: dict[str, Specs], result_format: str) -> list[GateResult]:
+    """One GX validation of every expectation of ``suites`` (each tagged with its suite in ``meta``) on a
+    Spark or a pandas frame."""
     import great_expectations as gx
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
 
-    context, batch_definition = _context()
+    context, batch_definitions = _context()
+    spark_engine = isinstance(df, DataFrame)
+    batch_definition = batch_definitions["spark" if spark_engine else "pandas"]
     gx_suite = gx.ExpectationSuite(name=f"{'+'.join(suites)}-{id(df)}-{dt.datetime.now().timestamp()}")
     for suite, specs in suites.items():
         for name, kwargs in specs:
@@ -145,7 +194,7 @@ def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> 
     outcomes: dict[str, list[Outcome]] = {suite: [] for suite in suites}
     for item in result.results:
         kwargs = {k: v for k, v in item.expectation_config.kwargs.items() if k != "batch_id"}
-        observed = dict(item.result or {})
+        observed = dict(item.result or {}) if spark_engine else _nan_as_none(dict(item.result or {}))
         raised = _exception_message(item.exception_info)
         if raised:
             observed["exception"] = raised
@@ -154,17 +203,22 @@ def _run_suites(df: DataFrame, suites: dict[str, Specs], result_format: str) -> 
     return [GateResult(suite, found) for suite, found in outcomes.items()]
 
 
-def validate_all(df: DataFrame, suites: dict[str, Specs], result_format: str = "BOOLEAN_ONLY") -> list[GateResult]:
-    """Every suite's outcome on ``df``, from one validation.
+def validate_all(df: DataFrame, suites: dict[str, Specs], result_format: str = "BOOLEAN_ONLY",
+                 local_max_rows: int = 0) -> list[GateResult]:
+    """Every suite's outcome on ``df``, from one validation; by GX's pandas engine on a copy in the
+    driver when ``df`` has at most ``local_max_rows`` rows (see :func:`_local_copy`), else by its Spark
+    engine.
 
     Why one validation with ``BOOLEAN_ONLY``: GX resolves the metrics of one validation together
     (one Spark aggregation per domain), so five suites of silver in one run take 19 Spark jobs where
     five runs with ``BASIC`` take 113 (docs/performance.md). ``BOOLEAN_ONLY`` computes what success
     needs and no unexpected-value lists; when an expectation fails, the suites are validated again
     with ``BASIC`` so that the error and ``gate_results`` say what was found."""
-    results = _run_suites(df, suites, result_format)
+    frame = _local_copy(df, suites, local_max_rows)
+    frame = df if frame is None else frame
+    results = _run_suites(frame, suites, result_format)
     if result_format == "BOOLEAN_ONLY" and not all(r.success for r in results):
-        results = _run_suites(df, suites, "BASIC")
+        results = _run_suites(frame, suites, "BASIC")
     return results
 
 
@@ -199,7 +253,7 @@ def check(cfg: Config, df: DataFrame, suite: str | list[str], log: RunLog, targe
         log.tags({f"gate.{name}": "disabled" for name in names})
         return []
     specs = {name: load_suite(cfg, name, params) for name in names}
-    results = validate_all(df, specs, cfg.gates.result_format)
+    results = validate_all(df, specs, cfg.gates.result_format, cfg.gates.local_max_rows)
     for result in results:
         record(result, log, target)
     failed = [r for r in results if not r.success]

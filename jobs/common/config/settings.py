@@ -293,6 +293,11 @@ class GatesConfig(Model):
         "only and is ~4x cheaper on Spark; BASIC also records observed values (counts, a few unexpected values) "
         "in gate_results for every expectation. A failing validation is always rerun with BASIC, so a "
         "failure says what was found.")
+    local_max_rows: int = Field(
+        20000, ge=0, description="A frame with at most this many rows is validated by GX's pandas engine on a "
+        "copy in the driver (one collect) instead of GX's Spark engine (~20 Spark jobs a suite set): same "
+        "results, ~5 s less per gate on the demo. Frames with a NaN in a float column, or suites with a "
+        "string `row_condition`, always use Spark. 0: always Spark.")
 
 
 class ReportConfig(Model):
