@@ -55,7 +55,7 @@ def _category_seconds(stats: pstats.Stats) -> dict[str, float]:
     return {k: round(v, 2) for k, v in totals.items()}
 
 
-def profile_demo(folder: Path) -> dict[str, Any]:
+def profile_demo(folder: Path, profiles: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     from jobs import pipeline
     from jobs.common.config import load_config
@@ -79,6 +79,9 @@ def profile_demo(folder: Path) -> dict[str, Any]:
             profile.enable()
             outcome = execute(step, spark, cfg, steps=pipeline.STEPS, echo=lambda _: None)
             profile.disable()
+            if profiles is not None:  # for `python -m pstats FILE` or snakeviz: what "other" is made of
+                profiles.mkdir(parents=True, exist_ok=True)
+                profile.dump_stats(profiles / f"{step.name}.pstats")
             categories = _category_seconds(pstats.Stats(profile))
             steps.append({"step": step.name, "seconds": round(outcome.seconds, 2),
                           "spark_jobs": len(tracker.getJobIdsForGroup(step.name)), **categories,
@@ -103,10 +106,11 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
+    parser.add_argument("--profiles", type=Path, help="folder for each step's cProfile stats (<step>.pstats)")
     args = parser.parse_args(argv)
     os.chdir(REPO_ROOT)  # the demo config's source paths are relative to the repository
     with tempfile.TemporaryDirectory(prefix="cleanwell-fixed-cost-") as tmp:
-        result = profile_demo(Path(tmp))
+        result = profile_demo(Path(tmp), args.profiles)
     result["machine"] = machine_info()
     print(table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)
