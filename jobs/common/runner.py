@@ -139,9 +139,14 @@ def _record_success(spark: SparkSession, cfg: Config, step: Step, run_id: str, c
     known, before = _RUNS.get(ref.location), tables.version_stamp(spark, ref)
     tables.append(frame, ref, run_id=run_id)
     after = tables.version_stamp(spark, ref)
-    # Kept rows stay good only when they were the latest version (or there was no table: no rows) and this
-    # append was the very next commit (or, on no table, created it).
-    kept = [] if before is None else known[1] if known is not None and known[0] == before else None
+    # Kept rows stay good only when they were the latest version and this append was the very next commit;
+    # where there was no table, this append made it, and the table is this row.
+    if before is None:
+        kept = []
+    elif known is not None and known[0] == before:
+        kept = known[1]
+    else:
+        kept = None
     if kept is not None and after is not None and after[0] == (0 if before is None else before[0] + 1):
         _RUNS[ref.location] = (after, kept + frame.collect())  # a local relation: no job
 
