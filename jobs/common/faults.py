@@ -102,22 +102,28 @@ def _mid_write(table: str, location: str | None) -> Iterator[None]:
 
     fs, root = fsspec.core.url_to_fs(location)
 
-    def files() -> tuple[set[str], set[str]]:
+    def listed(folder: str) -> list[str]:
         try:
-            found = fs.find(root)
+            return fs.find(folder)
         except FileNotFoundError:
-            found = []
-        data = {f for f in found if f.endswith(".parquet") and "/_delta_log/" not in f}
-        return data, {f for f in found if "/_delta_log/" in f and f.endswith(".json")}
+            return []
 
-    data_before, log_before = files()
+    def data_files() -> set[str]:
+        return {f for f in listed(root) if f.endswith(".parquet") and "/_delta_log/" not in f}
+
+    def commits() -> set[str]:
+        return {f for f in listed(f"{root}/_delta_log") if f.endswith(".json")}
+
+    data_before, log_before = data_files(), commits()
     done = threading.Event()
 
     def watch() -> None:
+        # The log is listed after the data file was seen: one listing of the whole folder read
+        # `_delta_log/` before the data files, so a commit made between the two parts went unseen and
+        # the "mid-write" kill came after the commit (bench.reliability found it on a one-row append).
         while not done.wait(POLL_SECONDS):
-            data, log = files()
-            if data - data_before:
-                if not log - log_before:
+            if data_files() - data_before:
+                if not commits() - log_before:
                     _kill(name)
                 return
 
