@@ -52,9 +52,23 @@ def _wanted() -> set[str] | str | None:
     return {p.strip() for p in wanted.split(",")}
 
 
+def _jvm_pid() -> int | None:
+    """The pid of the JVM PySpark started for this process's local session (None under spark-submit, where
+    the JVM is the parent, or without a session)."""
+    from pyspark import SparkContext
+
+    proc = getattr(SparkContext._gateway, "proc", None)
+    return getattr(proc, "pid", None)
+
+
 def _kill(name: str) -> None:
     print(f"[crash point] {name}: SIGKILL", file=sys.stderr, flush=True)
     sys.stdout.flush()
+    # The JVM first: a Delta commit runs there, and a JVM left alive by its dead Python parent finished a
+    # one-row commit ~90 ms later, turning a mid-write kill into an after-commit one (bench.reliability).
+    jvm = _jvm_pid()
+    if jvm is not None:
+        os.kill(jvm, signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
