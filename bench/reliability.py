@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             spark.stop()
     if not args.skip_suites:
         result["suites"] = run_suites(args.fuzz_examples)
-    elif RESULTS.exists() and "suites" in json.loads(RESULTS.read_text()):
-        result["suites"] = json.loads(RESULTS.read_text())["suites"]  # kept, as --suites-only keeps the chain
+    elif RESULTS.exists() and "suites" in (kept := json.loads(RESULTS.read_text())):
+        result["suites"] = kept["suites"]  # kept, as --suites-only keeps the chain
     result["soak_1m_documents"] = "not measured yet (issue #13 item 7)"
     chain = result["crash_points"]
     print(f"\ncrash points {chain['points']}, killed {chain['killed']}, survived {chain['survived']}, "

@@ -132,9 +132,9 @@ def _mid_write(table: str, location: str | None) -> Iterator[None]:
     done = threading.Event()
 
     def watch() -> None:
-        # The log is listed after the data file was seen: one listing of the whole folder read
-        # `_delta_log/` before the data files, so a commit made between the two parts went unseen and
-        # the "mid-write" kill came after the commit (bench.reliability found it on a one-row append).
+        # The log is listed after the data file was seen: one listing of the whole folder reads
+        # `_delta_log/` before the data files, so a commit made between the two parts could go unseen.
+        # (The slip bench.reliability found came from the JVM outliving this process: see _kill.)
         while not done.wait(POLL_SECONDS):
             if data_files() - data_before:
                 if not commits() - log_before:
