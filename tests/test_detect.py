@@ -88,7 +88,7 @@ def test_watermark_is_evidence_in_silver_and_the_mixture_decides_with_its_thresh
     rows = [("w1", watermarked, "unknown", None), ("w2", watermarked, "human", "declared"),
             ("w3", watermarked, "synthetic", "watermark"), ("p1", plain, "unknown", None)]
     frame = spark.createDataFrame(rows, "doc_id string, text string, origin string, provenance_method string")
-    scored = score(spark, frame, cfg, tokenizer_bytes).withColumn("source", F.lit("web")).cache()
+    scored = score(frame, cfg, tokenizer_bytes).withColumn("source", F.lit("web")).cache()
     out = {r["doc_id"]: r for r in scored.collect()}
     mixture = load_mixture(cfg.sample.mixture)
     threshold = mixture.filters.watermark_z_threshold

@@ -21,7 +21,7 @@ from jobs.common.detector_model import (
 from jobs.common.detector_registry import FPR_THRESHOLDS_TAG
 from jobs.common.errors import CleanwellError
 from jobs.common.tracking import configure
-from jobs.detect import TRAINING_HASHES, LabelledData, compare_with_champion
+from jobs.detect import TRAINING_HASHES, LabelledData, compare_with_champion, detector_column
 from udfs.classifier import SCORE_COLUMNS, DetectorBundle, DetectorTrainingError, train_detector
 from udfs.detectors import prepare_texts
 from udfs.tokenizer import train_tokenizer
@@ -73,6 +73,27 @@ def test_saved_model_loads_back_and_scores_like_its_bundle(bundle: DetectorBundl
     assert SPARK_RESULT_TYPE == ", ".join(f"{column} double" for column in SCORE_COLUMNS)
     with pytest.raises(KeyError, match="column `text` missing"):
         loaded.unwrap_python_model().predict(None, pd.DataFrame({"body": ["x"]}))
+
+
+@pytest.mark.spark
+def test_in_spark_the_detect_column_and_mlflow_spark_udf_score_like_the_bundle(spark, bundle: DetectorBundle,
+                                                                               tmp_path: Path) -> None:
+    """detect scores silver with its own pandas UDF (faster); users may serve the same model with
+    ``mlflow.pyfunc.spark_udf``: both give the bundle's scores, a missing text scored as an empty one."""
+    from pyspark.sql import functions as F
+
+    save_detector_model(bundle, tmp_path / "detector")
+    human, machine = _domain("wikihow", 4)
+    texts = [*human, *machine, None]
+    frame = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "i int, text string")
+    served = mlflow.pyfunc.spark_udf(spark, str(tmp_path / "detector"), result_type=SPARK_RESULT_TYPE,
+                                     env_manager="local")
+    scored = (frame.withColumns({"own": detector_column(F.col("text"), bundle), "mlflow": served(F.struct("text"))})
+              .orderBy("i").toPandas())
+    expected = bundle.score([t or "" for t in texts])
+    for route in ("own", "mlflow"):
+        got = pd.DataFrame(scored[route].tolist())[list(SCORE_COLUMNS)]
+        pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9)
 
 
 def test_a_model_whose_wrapper_class_moved_fails_with_a_message_that_says_what_to_do(

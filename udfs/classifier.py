@@ -24,6 +24,7 @@ This module scores; it never decides. Thresholds on ``synthetic_probability`` li
 """
 from __future__ import annotations
 
+import functools
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -183,6 +184,13 @@ class DetectorBundle:
             raise DetectorTrainingError(f"detector bundle format {version} is not supported "
                                         f"(expected {_BUNDLE_FORMAT_VERSION}); retrain the detector")
         return bundle
+
+
+@functools.lru_cache(maxsize=2)
+def cached_bundle(data: bytes) -> DetectorBundle:
+    """The bundle of ``data`` (:meth:`DetectorBundle.to_bytes`), unpickled once per process: a pandas UDF
+    calls its function once per Arrow batch."""
+    return DetectorBundle.from_bytes(data)
 
 
 # ---- features ----------------------------------------------------------------------------------
