@@ -55,7 +55,7 @@ def _category_seconds(stats: pstats.Stats) -> dict[str, float]:
     return {k: round(v, 2) for k, v in totals.items()}
 
 
-def profile_demo(folder: Path, profiles: Path | None = None) -> dict[str, Any]:
+def profile_demo(folder: Path, profiles: Path | None = None, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     started = time.perf_counter()
     from jobs import pipeline
     from jobs.common.config import load_config
@@ -66,7 +66,7 @@ def profile_demo(folder: Path, profiles: Path | None = None) -> dict[str, Any]:
     cfg = load_config([str(REPO_ROOT / "conf" / "demo.yaml")], [
         f"lake.root={folder / 'lake'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
         f"tracking.artifact_root={folder / 'mlartifacts'}", f"report.dir={folder / 'reports'}",
-        f"sample.manifest_dir={folder / 'lake' / 'manifests'}"])
+        f"sample.manifest_dir={folder / 'lake' / 'manifests'}", *overrides])
     imported = time.perf_counter() - started
     spark = get_spark(cfg)
     session = time.perf_counter() - started - imported
@@ -87,7 +87,7 @@ def profile_demo(folder: Path, profiles: Path | None = None) -> dict[str, Any]:
                           "spark_jobs": len(tracker.getJobIdsForGroup(step.name)), **categories,
                           "other": round(outcome.seconds - sum(categories.values()), 2)})
     spark.sparkContext.setJobGroup("", "")
-    return {"import_seconds": round(imported, 2), "session_seconds": round(session, 2),
+    return {"overrides": list(overrides), "import_seconds": round(imported, 2), "session_seconds": round(session, 2),
             "wall_seconds": round(time.perf_counter() - started, 2), "steps": steps}
 
 
@@ -107,10 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     parser.add_argument("--profiles", type=Path, help="folder for each step's cProfile stats (<step>.pstats)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides to measure, as on cleanwell's command line "
+                             "(e.g. spark.conf.spark.default.parallelism=2)")
     args = parser.parse_args(argv)
     os.chdir(REPO_ROOT)  # the demo config's source paths are relative to the repository
     with tempfile.TemporaryDirectory(prefix="cleanwell-fixed-cost-") as tmp:
-        result = profile_demo(Path(tmp), args.profiles)
+        result = profile_demo(Path(tmp), args.profiles, tuple(args.overrides))
     result["machine"] = machine_info()
     print(table(result))
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,8 @@ from tests.conftest import lake_overrides
 from tests.servers import Package, SparkCluster, clean_environment
 
 # What a user passes to spark-submit besides the package (README "Running on a Spark cluster"). The
-# shuffle and parallelism settings are the ones a local session gets from conf/base.yaml (spark.conf is
-# applied only to sessions cleanwell builds), so the cluster run can be compared with the local one.
+# shuffle and parallelism settings differ from a local session's (conf/base.yaml; spark.conf is applied
+# only to sessions cleanwell builds): the outputs compared with the local run must not depend on them.
 SPARK_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
