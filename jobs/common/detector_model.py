@@ -1,7 +1,9 @@
 """The synthetic-text detector as an MLflow model: the pyfunc wrapper detect registers, serves and loads.
 
 udfs/classifier.py trains and scores a :class:`~udfs.classifier.DetectorBundle` without MLflow; this
-module wraps the bundle for MLflow (``mlflow.pyfunc.spark_udf`` scores silver with it) and loads it back.
+module wraps the bundle for MLflow and loads it back (detect loads the champion by name and alias and
+scores silver with its own pandas UDF, ``jobs.detect.detector_column``; ``mlflow.pyfunc.spark_udf`` serves
+the same model to users).
 
 Models are logged with ``python_model=`` an instance, so MLflow pickles a reference to
 :class:`SyntheticTextDetectorModel` by its import path. Versions registered before the wrapper moved
@@ -23,7 +25,7 @@ import pandas as pd
 from jobs.common.errors import CleanwellError
 from udfs.classifier import SCORE_COLUMNS, DetectorBundle, DetectorTrainingError
 
-# ``result_type`` for ``mlflow.pyfunc.spark_udf``: the pyfunc returns these columns as a struct.
+# The scores as a Spark struct: ``result_type`` for ``mlflow.pyfunc.spark_udf`` and detect's own UDF's type.
 SPARK_RESULT_TYPE = ", ".join(f"{column} double" for column in SCORE_COLUMNS)
 
 

@@ -40,9 +40,9 @@ def _quiet_mlflow() -> None:
     # they say nothing a pipeline user can act on.
     for name in ("alembic", "mlflow"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # Two warnings on every detect run that ask for choices cleanwell makes on purpose: the detector is
-    # a pickled pyfunc (its code is cleanwell's own, installed beside it) and spark_udf runs in the
-    # current environment (env_manager="local"; executors already have cleanwell installed).
+    # Warnings that ask for choices cleanwell makes on purpose: the detector is a pickled pyfunc (its code
+    # is cleanwell's own, installed beside it), and spark_udf, where a user serves it, runs in the current
+    # environment (env_manager="local"; executors already have cleanwell installed).
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="mlflow")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
