@@ -109,18 +109,25 @@ class _NgramClassifier:
             params: DetectorParams) -> _NgramClassifier:
         document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
         columns = np.flatnonzero(document_frequency >= params.min_document_frequency).astype(np.int32)
-        idf = TfidfTransformer(sublinear_tf=True).fit(select_columns(counts, columns))
+        selected = select_columns(counts, columns)  # once: the IDF and the model's features both need it
+        idf = TfidfTransformer(sublinear_tf=True).fit(selected)
         medians = scaler = None
         if dense is not None:
             medians = _column_medians(dense)
             scaler = StandardScaler().fit(_impute(dense, medians))
-        classifier = cls(columns, idf, medians, scaler, params.dense_feature_weight,
-                         LogisticRegression(C=params.classifier_c, solver="liblinear"))
-        classifier.model.fit(classifier._features(counts, dense), labels)
+        # liblinear's dual problem: far fewer documents than hashed n-gram columns, so it converges in
+        # about 60 % of the primal's time to the same optimum (logits within 1e-3; docs/performance.md).
+        # Its coordinate descent visits rows in a random order: seeded, so a retrain is reproducible.
+        model = LogisticRegression(C=params.classifier_c, solver="liblinear", dual=True, random_state=params.seed)
+        classifier = cls(columns, idf, medians, scaler, params.dense_feature_weight, model)
+        classifier.model.fit(classifier._features_of_selected(selected, dense), labels)
         return classifier
 
     def _features(self, counts: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
-        ngrams = self.ngram_idf.transform(select_columns(counts, self.ngram_columns))
+        return self._features_of_selected(select_columns(counts, self.ngram_columns), dense)
+
+    def _features_of_selected(self, selected: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
+        ngrams = self.ngram_idf.transform(selected)
         if self.dense_scaler is None:
             return ngrams
         scaled = self.dense_scaler.transform(_impute(dense, self.dense_medians)) * self.dense_feature_weight
