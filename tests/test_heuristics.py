@@ -19,6 +19,7 @@ from udfs.heuristics import (
     SIGNAL_COLUMNS,
     QualityThresholds,
     UnknownThresholdError,
+    _occurrences,
     failed_quality_rules,
     quality_rule_signals,
 )
@@ -148,6 +149,19 @@ def test_hashed_ngram_fractions_equal_tuple_reference_on_real_texts():
     reference = np.array([_reference_ngram_fractions(text) for text in texts])
     np.testing.assert_allclose(ours, reference, rtol=1e-12)
     assert (reference[:, 3] > 0).sum() >= 10  # the comparison is not vacuous: most texts repeat 5-grams
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_occurrences_count_every_value_like_numpy_unique(crowded: bool):
+    # crowded: distinct keys whose low 24 bits are all zero share one bucket, so the exact count does the work
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**40, size=500, dtype=np.uint64)
+    values = values << np.uint64(24) if crowded else values * np.uint64(0x9E3779B97F4A7C15)
+    keys = np.concatenate([values, values[:120], values[:7]])  # most once, some twice, a few three times
+    rng.shuffle(keys)
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    assert set(counts.tolist()) == {1, 2, 3}
+    np.testing.assert_array_equal(_occurrences(keys), counts[inverse])
 
 
 def test_a_document_scores_the_same_alone_or_in_a_batch_with_copies_of_itself():
