@@ -63,6 +63,28 @@ def test_z_score_follows_the_one_proportion_formula() -> None:
     assert watermark_z_score([sequence], KEY, GAMMA, vocab_size)[0] == pytest.approx(expected)
 
 
+def test_batch_scores_each_distinct_pair_once_per_sequence_as_one_sequence_alone_would() -> None:
+    vocab_size = 50
+    rng = np.random.default_rng(0)
+    sequences = [rng.integers(0, 8 if i % 2 else vocab_size, size=rng.integers(0, 40)) for i in range(30)]
+    batch = watermark_z_score(sequences, KEY, GAMMA, vocab_size)
+    for ids, z in zip(sequences, batch, strict=True):
+        pairs = sorted(set(zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True)))   # small alphabet: repeats
+        if not pairs:
+            assert np.isnan(z)
+            continue
+        previous, token = np.array(pairs).T
+        green = int(is_green(previous, token, KEY, GAMMA, vocab_size).sum())
+        expected = (green - GAMMA * len(pairs)) / math.sqrt(len(pairs) * GAMMA * (1 - GAMMA))
+        assert z == pytest.approx(expected, rel=1e-12)
+        assert watermark_z_score([ids], KEY, GAMMA, vocab_size)[0] == z
+
+
+def test_token_ids_outside_the_vocabulary_are_rejected() -> None:
+    with pytest.raises(WatermarkParameterError, match="outside the vocabulary"):
+        watermark_z_score([[1, 2, 100]], KEY, GAMMA, 100)
+
+
 def test_sequences_too_short_to_score_get_nan() -> None:
     assert np.isnan(watermark_z_score([[], [5]], KEY, GAMMA, 100)).all()
 
