@@ -120,7 +120,9 @@ class _NgramClassifier:
         # Its coordinate descent visits rows in a random order: seeded, so a retrain is reproducible.
         model = LogisticRegression(C=params.classifier_c, solver="liblinear", dual=True, random_state=params.seed)
         classifier = cls(columns, idf, medians, scaler, params.dense_feature_weight, model)
-        classifier.model.fit(classifier._features_of_selected(selected, dense), labels)
+        features = classifier._features_of_selected(selected, dense)
+        del selected  # the n-gram counts need not stay in memory beside their TF-IDF copy while liblinear fits
+        classifier.model.fit(features, labels)
         return classifier
 
     def _features(self, counts: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
