@@ -180,11 +180,11 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     log.tags({"embed.mode": mode, "embed.mode_reason": why})
     # Each table version is read once: silver into a cache that the fit sample and the embeddings share;
     # the published version not at all, since the cached `marked` holds its rows. A cache is released once
-    # the next holds its rows, so no more than two copies of silver are held at a time.
+    # the next holds its rows, so no more than two copies of silver are held at a time (on local disk).
     held: list[DataFrame] = []
 
     def hold(frame: DataFrame) -> DataFrame:
-        held.append(frame.cache())
+        held.append(tables.stage(frame))
         return frame
 
     try:

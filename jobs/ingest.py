@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -270,7 +269,7 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
         raise InputError("no sources configured: add `ingest.sources` to your config (see conf/demo.yaml)")
     listing = _fingerprinted.pop(_listing_key(cfg), None)
     plan = plan_reads(list_files(spark, cfg) if listing is None else listing, cfg)
-    parsed = parse_sources(spark, cfg, plan).persist(StorageLevel.MEMORY_AND_DISK)
+    parsed = tables.stage(parse_sources(spark, cfg, plan))
     try:
         # One aggregation gives every count: records per source and reason, and distinct doc_ids per source.
         groups = (parsed.groupBy("source", "reason")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from jobs.common import storage, tables
@@ -273,7 +272,7 @@ def publish(cfg: Config, df: DataFrame, target: str, suite: str | list[str], log
     inserts passes False (concurrent merges are retried instead)."""
     ref = tables.table_ref(cfg, target)
     owned = not df.is_cached
-    staged = df.persist(StorageLevel.MEMORY_AND_DISK) if owned else df
+    staged = tables.stage(df) if owned else df
     try:
         check(cfg, staged, suite, log, str(ref))
         if overwrites:

@@ -17,12 +17,24 @@ from typing import TypeVar
 
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs.common import faults, storage
 from jobs.common.config import Config
 from jobs.common.errors import ConcurrentWriteError, InputError, SetupError
+
+# Frames a step reads more than once (ingest's parse, a gate's staged rows, embed's and sample's silver)
+# persist to the executors' local disk, not the JVM heap: at 1 M documents, caching silver's texts in memory
+# ran a 3 GiB local-mode heap out (OutOfMemoryError building the columnar cache in ingest's gate;
+# docs/performance.md). A Dataset cache is stored serialized either way, so disk costs one local write.
+STAGING_LEVEL = StorageLevel.DISK_ONLY
+
+
+def stage(df: DataFrame) -> DataFrame:
+    """``df`` persisted at :data:`STAGING_LEVEL` (lazily: the first action fills it)."""
+    return df.persist(STAGING_LEVEL)
 
 
 @dataclass(frozen=True)
