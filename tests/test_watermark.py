@@ -81,8 +81,9 @@ def test_batch_scores_each_distinct_pair_once_per_sequence_as_one_sequence_alone
 
 
 def test_token_ids_outside_the_vocabulary_are_rejected() -> None:
-    with pytest.raises(WatermarkParameterError, match="outside the vocabulary"):
-        watermark_z_score([[1, 2, 100]], KEY, GAMMA, 100)
+    for ignore_repeated_pairs in (True, False):
+        with pytest.raises(WatermarkParameterError, match="outside the vocabulary"):
+            watermark_z_score([[1, 2, 100]], KEY, GAMMA, 100, ignore_repeated_pairs=ignore_repeated_pairs)
 
 
 def test_sequences_too_short_to_score_get_nan() -> None:

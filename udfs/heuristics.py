@@ -389,8 +389,8 @@ def _occurrences(keys: np.ndarray) -> np.ndarray:
 
     A hash table (``pd.factorize``) rather than np.unique: no O(m log m) sort of the batch. Only the
     keys that share a bucket of their low bits with another key go through it: a key alone in its
-    bucket occurs once, and equal keys always share a bucket. With four buckets per key about a fifth
-    of the distinct keys share one, so most of the table's random accesses become one ``bincount``.
+    bucket occurs once, and equal keys always share a bucket. With four to eight buckets per key at most
+    about a fifth of the distinct keys share one, so most of the table's work becomes one ``bincount``.
     """
     size = 1 << max(10, (4 * keys.size).bit_length())
     buckets = (keys & np.uint64(size - 1)).astype(np.intp)

@@ -27,7 +27,7 @@ from jobs.common.errors import ConcurrentWriteError, InputError, SetupError
 
 # Frames a step reads more than once (ingest's parse, a gate's staged rows, embed's and sample's silver)
 # persist to the executors' local disk, not the JVM heap: at 1 M documents, caching silver's texts in memory
-# ran a 3 GiB local-mode heap out (OutOfMemoryError building the columnar cache in ingest's gate;
+# ran a 3 GiB local-mode heap out (OutOfMemoryError in ingest, building Spark's in-memory columnar cache;
 # docs/performance.md). A Dataset cache is stored serialized either way, so disk costs one local write.
 STAGING_LEVEL = StorageLevel.DISK_ONLY
 
