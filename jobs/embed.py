@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from jobs.common import gates, tables
 from jobs.common.config import Config
+from jobs.common.config.settings import ClustersConfig
 from jobs.common.errors import ConfigError
 from jobs.common.runner import Step, job_main
 from jobs.common.schema import reference_sample, survivor_order
@@ -58,60 +59,95 @@ def fit_embedding_model(silver: DataFrame, cfg: Config) -> bytes | None:
     return model.fit(sample).to_bytes()
 
 
-def add_clusters(embedded: DataFrame, cfg: Config) -> tuple[DataFrame, DataFrame]:
-    """(documents with cluster_id, one row per cluster with size and centroid). KMeans is fitted on at most
-    ``clusters.fit_sample`` embeddings taken in doc_id-hash order (udfs/kmeans.py: scikit-learn), so the
-    clusters do not depend on how silver is partitioned; every document then goes to its nearest centroid."""
+def fit_sample(frame: DataFrame, size: int) -> DataFrame:
+    """The at most ``size`` rows of ``frame`` KMeans is fitted on, the first in doc_id-hash order, so the
+    centroids do not depend on how silver is partitioned. Chosen by doc_id alone and joined back: an
+    ``orderBy().limit()`` under an embedding UDF is planned as a full sort, which shuffled every text
+    (15 s of embed at 100k documents); a top-k of doc_ids shuffles only ``size`` ids."""
+    chosen = frame.select("doc_id").orderBy(F.xxhash64("doc_id"), "doc_id").limit(size)
+    return frame.join(F.broadcast(chosen), "doc_id", "left_semi")
+
+
+def _vectors(frame: DataFrame) -> np.ndarray:
+    column = frame.select("embedding").toPandas()["embedding"]
+    return np.stack(column.to_numpy()) if len(column) else np.zeros((0, 1))
+
+
+def add_clusters(frame: DataFrame, cfg: Config, embed: Callable[[DataFrame], DataFrame] = lambda df: df,
+                 hold: Callable[[DataFrame], DataFrame] = lambda df: df) -> tuple[DataFrame, DataFrame]:
+    """(documents with cluster_id, one row per cluster with size and centroid). KMeans is fitted on the
+    embeddings of at most ``clusters.fit_sample`` documents (:func:`fit_sample`, udfs/kmeans.py:
+    scikit-learn); every document then goes to its nearest centroid. ``embed`` adds the ``embedding``
+    column: the sample is taken before it, so only the sample is embedded for the fit and every other
+    document once, in the same pass as its assignment (identity when ``frame`` has embeddings). ``hold``
+    caches the documents; the summary's sizes (k rows, collected here) fill that cache."""
     c = cfg.clusters
-    sample = (embedded.orderBy(F.xxhash64("doc_id"), "doc_id").limit(c.fit_sample)
-              .select("embedding").toPandas()["embedding"])
-    centroids = fit_centroids(np.stack(sample.to_numpy()) if len(sample) else np.zeros((0, 1)), c.k, c.seed,
-                              c.max_iter)
-    clustered = embedded.withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids))
-    sizes = clustered.groupBy("cluster_id").count()
-    spark = embedded.sparkSession
-    summary = (tables.local_frame(spark, [(i, [float(x) for x in centre]) for i, centre in enumerate(centroids)],
-                                 "cluster_id int, centroid array<double>")
-               .join(sizes, "cluster_id", "left").fillna(0, ["count"]).withColumnRenamed("count", "size"))
-    return clustered, summary
+    centroids = fit_centroids(_vectors(embed(fit_sample(frame, c.fit_sample))), c.k, c.seed, c.max_iter)
+    clustered = hold(embed(frame).withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids)))
+    return clustered, _cluster_summary(clustered, centroids)
 
 
-def add_semantic_duplicates(clustered: DataFrame, threshold: float) -> DataFrame:
-    """``semantic_duplicate_of`` per document, SemDeDup within each cluster, keeping the document
-    that near-duplicate marking would keep (provenance, then quality, then date, then doc_id)."""
+def _cluster_summary(clustered: DataFrame, centroids: np.ndarray) -> DataFrame:
+    sizes = dict(tuple(r) for r in clustered.groupBy("cluster_id").count().collect())
+    rows = [(i, [float(x) for x in centre], sizes.get(i, 0)) for i, centre in enumerate(centroids)]
+    return tables.local_frame(clustered.sparkSession, rows, "cluster_id int, centroid array<double>, size bigint")
+
+
+def semdedup_partitions(candidates: DataFrame, c: ClustersConfig) -> tuple[Column, int]:
+    """(the column SemDeDup groups by, the number of groups). SemDeDup compares every pair of documents in a
+    group, so its cost grows with the square of group size: at 1 M documents the 8 KMeans clusters (~125,000
+    documents each) took ~350 s of embed's 617 s on 2 cores. Up to ``k * semdedup_partition_size`` candidates
+    the groups are the KMeans clusters; above, a finer KMeans (``ceil(candidates / semdedup_partition_size)``
+    centroids, fitted on a sample of the candidates like the clusters) splits them, as the SemDeDup paper does
+    (50,000 clusters for LAION-440M). Pairs that fall into different groups are not compared."""
+    n = candidates.count()
+    groups = -(-n // c.semdedup_partition_size)
+    if groups <= c.k:
+        return F.col("cluster_id"), c.k
+    centroids = fit_centroids(_vectors(fit_sample(candidates, c.fit_sample)), groups, c.seed, c.max_iter)
+    return nearest_centroid_column(F.col("embedding"), centroids), len(centroids)
+
+
+def add_semantic_duplicates(clustered: DataFrame, c: ClustersConfig) -> tuple[DataFrame, int]:
+    """(``semantic_duplicate_of`` per document, the number of SemDeDup groups): SemDeDup within each group
+    (:func:`semdedup_partitions`), keeping the document that near-duplicate marking would keep (provenance,
+    then quality, then date, then doc_id)."""
     candidates = clustered.where(F.col("duplicate_of").isNull()) if "duplicate_of" in clustered.columns \
         else clustered
-    ranked = candidates.withColumn("_priority", F.row_number().over(
-        Window.partitionBy("cluster_id").orderBy(*survivor_order())))
+    group, n_groups = semdedup_partitions(candidates, c)
+    ranked = candidates.withColumn("_group", group).withColumn("_priority", F.row_number().over(
+        Window.partitionBy("_group").orderBy(*survivor_order())))
 
-    def per_cluster(frame: pd.DataFrame) -> pd.DataFrame:
+    def per_group(frame: pd.DataFrame) -> pd.DataFrame:
         vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
         doc_ids = frame["doc_id"].tolist()
-        kept_as = semantic_duplicate_of(vectors, doc_ids, frame["_priority"].to_numpy(), threshold)
-        # Not frame["doc_id"] itself: under pandas 3 it is Arrow-backed, and a cluster larger than one Arrow
+        kept_as = semantic_duplicate_of(vectors, doc_ids, frame["_priority"].to_numpy(), c.semdedup_threshold)
+        # Not frame["doc_id"] itself: under pandas 3 it is Arrow-backed, and a group larger than one Arrow
         # batch (spark.sql.execution.arrow.maxRecordsPerBatch) arrives as several chunks, which PySpark 4.1
         # cannot send back ("Expected Array, got ChunkedArray"; found at 100k documents).
         return pd.DataFrame({"doc_id": doc_ids, "semantic_duplicate_of": kept_as})
 
-    marks = (ranked.select("cluster_id", "doc_id", "embedding", "_priority").groupBy("cluster_id")
-             .applyInPandas(per_cluster, "doc_id string, semantic_duplicate_of string"))
-    return clustered.join(marks, "doc_id", "left")
+    marks = (ranked.select("_group", "doc_id", "embedding", "_priority").groupBy("_group")
+             .applyInPandas(per_group, "doc_id string, semantic_duplicate_of string"))
+    return clustered.join(marks, "doc_id", "left"), n_groups
 
 
 def diversity_metrics(silver: DataFrame, cfg: Config) -> dict[str, float]:
-    """Diversity of the documents a mixture may use (not marked as duplicates)."""
+    """Diversity of the documents a mixture may use (not marked as duplicates). The driver collects counts
+    per cluster and per source and a bounded sample, never a row per document."""
     kept = silver.where(F.col("semantic_duplicate_of").isNull())
     if "duplicate_of" in silver.columns:
         kept = kept.where(F.col("duplicate_of").isNull())
-    columns = kept.select("cluster_id", "source").toPandas()
+    per_cluster, per_source = ({r[0]: r[1] for r in kept.groupBy(key).count().collect()}
+                               for key in ("cluster_id", "source"))
     # One deterministic sample serves both estimates: the order is total (doc_id is unique), so the first
     # n rows of the longer sample are the n-row sample.
     sample = (kept.orderBy(F.xxhash64("doc_id"), "doc_id").select("text", "embedding")
               .limit(max(cfg.clusters.distinct_n_sample, cfg.clusters.vendi_sample)).toPandas())
     texts = sample["text"].head(cfg.clusters.distinct_n_sample).tolist()
     vectors = sample["embedding"].head(cfg.clusters.vendi_sample)
-    metrics = {"cluster_entropy": cluster_entropy(columns["cluster_id"], n_clusters=cfg.clusters.k),
-               "top_source_share": top_source_share(columns["source"]),
+    metrics = {"cluster_entropy": cluster_entropy(per_cluster, n_clusters=cfg.clusters.k),
+               "top_source_share": top_source_share(per_source),
                "vendi_score": vendi_score(np.stack(vectors.to_numpy()), sample_size=None) if len(vectors) else 0.0}
     metrics.update({f"distinct_{n}": value for n, value in distinct_n(texts).items()})
     return metrics
@@ -132,14 +168,13 @@ def embedding_settings_hash(cfg: Config) -> str:
 
 def embed_and_cluster(silver: DataFrame, cfg: Config, log: RunLog,
                       hold: Callable[[DataFrame], DataFrame]) -> tuple[DataFrame, DataFrame]:
-    """Fit the embedding model, embed every document of the cached ``silver`` and fit KMeans: (documents
-    with ``embedding`` and ``cluster_id``, one row per cluster)."""
+    """Fit the embedding model and KMeans, then embed and assign every document of the cached ``silver`` in
+    one pass, held: (documents with ``embedding`` and ``cluster_id``, one row per cluster)."""
     model_bytes = fit_embedding_model(silver, cfg)
     if model_bytes:
         log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
-    embedded = hold(with_embeddings(silver, cfg, model_bytes))
-    clustered, clusters = add_clusters(embedded, cfg)
-    silver.unpersist()  # KMeans has read every row: embedded holds them
+    clustered, clusters = add_clusters(silver, cfg, lambda df: with_embeddings(df, cfg, model_bytes), hold)
+    silver.unpersist()  # the cluster sizes read every row: the held clustered frame has them
     return clustered, clusters.withColumn("embedding_settings_hash", F.lit(embedding_settings_hash(cfg)))
 
 
@@ -178,9 +213,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     reusable, why = reusable_clusters(spark, cfg)
     mode = "full" if reusable is None else "reuse"
     log.tags({"embed.mode": mode, "embed.mode_reason": why})
-    # Each table version is read once: silver into a cache that the fit sample and the embeddings share;
-    # the published version not at all, since the cached `marked` holds its rows. A cache is released once
-    # the next holds its rows, so no more than two copies of silver are held at a time (on local disk).
+    # Silver is read once, into a cache that the fit samples and the embeddings share. A cache is released
+    # once the next holds its rows, so no more than two copies of silver are held at a time (on local disk).
     held: list[DataFrame] = []
 
     def hold(frame: DataFrame) -> DataFrame:
@@ -194,25 +228,28 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
             clustered, clusters = embed_and_cluster(silver, cfg, log, hold)
         else:
             clustered, clusters = hold(reusable.clustered), reusable.clusters
-        marked = hold(add_semantic_duplicates(clustered, cfg.clusters.semdedup_threshold))
+        marked, groups = add_semantic_duplicates(clustered, cfg.clusters)
+        marked = hold(marked)
         silver_version = gates.publish(cfg, marked, "silver", "silver_embed", log,
                                        lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
         gates.publish(cfg, clusters.withColumn("silver_version", F.lit(silver_version)), "clusters", "clusters",
                       log, lambda df, r: tables.overwrite(df, r, run_id=log.run_id))
-        for frame in held[:-1]:
-            frame.unpersist()  # marked holds every row now
-        semantic = marked.where(F.col("semantic_duplicate_of").isNotNull()).count()
-        metrics = diversity_metrics(marked, cfg)
     finally:
         for frame in held:
             frame.unpersist()
+    # From the published version, not from `marked`: Delta's overwrite of silver invalidated every cache
+    # built on silver, so reading `marked` again embedded and deduplicated every document a second time
+    # (~45 s of a 175 s embed at 100k documents).
+    published = tables.read_table(spark, tables.table_ref(cfg, "silver"), silver_version)
+    semantic = published.where(F.col("semantic_duplicate_of").isNotNull()).count()
+    metrics = diversity_metrics(published, cfg)
 
     for name, value in metrics.items():
         log.metric(f"diversity.{name}", value)
     log.counts("marked", {"semantic_duplicate": semantic})  # marked only: the sample step excludes
     sizes = sorted((r["size"] for r in tables.read_table(spark, tables.table_ref(cfg, "clusters")).collect()),
                    reverse=True)
-    return {"clusters": len(sizes), "largest_cluster": sizes[0] if sizes else 0,
+    return {"clusters": len(sizes), "largest_cluster": sizes[0] if sizes else 0, "semdedup_groups": groups,
             "marked": {"semantic_duplicate": semantic},
             "diversity": {k: round(v, 3) for k, v in metrics.items()}, "mode": mode}
 

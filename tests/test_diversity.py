@@ -47,6 +47,7 @@ def test_cluster_entropy_is_one_when_even_and_zero_when_collapsed():
     assert cluster_entropy([7] * 100) == 0.0
     # Two of four clusters used evenly: log 2 / log 4.
     assert cluster_entropy([0, 1] * 50, n_clusters=4) == pytest.approx(0.5)
+    assert cluster_entropy({0: 50, 1: 50}, n_clusters=4) == pytest.approx(0.5)  # counts, as embed passes them
     assert math.isnan(cluster_entropy([]))
     with pytest.raises(ValueError, match="distinct cluster ids"):
         cluster_entropy([0, 1, 2], n_clusters=2)
@@ -54,6 +55,7 @@ def test_cluster_entropy_is_one_when_even_and_zero_when_collapsed():
 
 def test_top_source_share():
     assert top_source_share(["wiki"] * 6 + ["news"] * 3 + ["forum"]) == pytest.approx(0.6)
+    assert top_source_share({"wiki": 6, "news": 3, "forum": 1}) == pytest.approx(0.6)
     assert math.isnan(top_source_share([]))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jobs.common.config.settings import ClustersConfig
 from udfs.embeddings import EmbeddingModel
 from udfs.semdedup import semantic_duplicate_of, semantic_duplicate_of_brute_force
 
@@ -177,6 +178,39 @@ def test_clusters_do_not_depend_on_how_silver_is_partitioned(spark, demo):
 
 
 @pytest.mark.spark
+def test_semdedup_splits_clusters_above_its_partition_size(spark, demo):
+    """issue #16: SemDeDup is quadratic in group size (8 clusters of ~125,000 documents took ~350 s at 1 M);
+    above k * semdedup_partition_size candidates a finer KMeans splits the groups, and each group is
+    deduplicated on its own: the marks are those of semantic_duplicate_of run group by group."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from jobs.common import tables
+    from jobs.common.schema import survivor_order
+    from jobs.embed import add_semantic_duplicates, semdedup_partitions
+
+    cfg, _, _ = demo
+    settings = ClustersConfig(k=2, semdedup_partition_size=100, semdedup_threshold=0.8)
+    silver = tables.read_table(spark, tables.table_ref(cfg, "silver")).drop("semantic_duplicate_of")
+    marked, groups = add_semantic_duplicates(silver, settings)
+    candidates = silver.where("duplicate_of IS NULL")
+    group, n_groups = semdedup_partitions(candidates, settings)
+    assert groups == n_groups == -(-candidates.count() // 100) > settings.k
+
+    rows = (candidates.withColumn("_group", group)
+            .withColumn("_priority", F.row_number().over(Window.partitionBy("_group").orderBy(*survivor_order())))
+            .select("_group", "doc_id", "embedding", "_priority").toPandas())
+    expected = {}
+    for _, frame in rows.groupby("_group"):
+        vectors = np.stack(frame["embedding"].to_numpy()).astype(np.float32)
+        expected.update(zip(frame["doc_id"], semantic_duplicate_of(vectors, frame["doc_id"].tolist(),
+                                                                  frame["_priority"].to_numpy(), 0.8), strict=True))
+    marks = {r["doc_id"]: r["semantic_duplicate_of"] for r in marked.where("duplicate_of IS NULL").collect()}
+    assert marks == expected and any(expected.values())
+    assert len(rows["_group"].unique()) > 1
+
+
+@pytest.mark.spark
 def test_a_cluster_larger_than_one_arrow_batch_is_marked(spark, m4_cluster):
     """issue #16: at 100k documents embed failed with "Expected Array, got ChunkedArray" once a cluster
     outgrew one Arrow batch (its doc_id column arrived in chunks and was sent back as it came)."""
@@ -193,7 +227,8 @@ def test_a_cluster_larger_than_one_arrow_batch_is_marked(spark, m4_cluster):
     spark.conf.set(batch_key, "7")
     try:
         marks = {r["doc_id"]: r["semantic_duplicate_of"]
-                 for r in add_semantic_duplicates(clustered, 0.9).select("doc_id", "semantic_duplicate_of").collect()}
+                 for r in add_semantic_duplicates(clustered, ClustersConfig(semdedup_threshold=0.9))[0]
+                 .select("doc_id", "semantic_duplicate_of").collect()}
     finally:
         spark.conf.set(batch_key, before)
     # Every other key of survivor_order ties, so alpha_ratio (descending) then doc_id ranks the documents.

@@ -28,6 +28,9 @@ DEFAULT_VENDI_SAMPLE = 2000
 def cluster_entropy(cluster_ids: Iterable[Hashable], n_clusters: int | None = None) -> float:
     """Shannon entropy of the cluster-size distribution divided by log(number of clusters).
 
+    ``cluster_ids`` is one id per document, or a mapping of id to count (a Spark ``groupBy().count()``
+    collected: what jobs/embed.py passes, so the driver never holds one row per document).
+
     1.0 when documents are spread evenly, 0.0 when all share one cluster. ``n_clusters`` is the
     number of clusters the clustering had (e.g. k of k-means), so that empty clusters count as
     missing diversity; by default, the number of distinct ids seen. NaN for an empty input.
@@ -65,7 +68,8 @@ def distinct_n(texts: Iterable[str], max_n: int = 4) -> dict[int, float]:
 
 
 def top_source_share(sources: Iterable[Hashable]) -> float:
-    """The fraction of documents that come from the most common source (NaN for no documents)."""
+    """The fraction of documents that come from the most common source (NaN for no documents).
+    ``sources``: one per document, or a mapping of source to count."""
     counts = np.array(list(Counter(sources).values()), dtype=np.int64)
     return float(counts.max() / counts.sum()) if counts.size else math.nan
 

@@ -276,6 +276,11 @@ class ClustersConfig(Model):
                             "to its nearest centroid.")
     semdedup_threshold: float = Field(0.90, gt=0, le=1, description="Cosine similarity at or above which two "
                                       "documents of a cluster are semantic duplicates (SemDeDup).")
+    semdedup_partition_size: int = Field(
+        10000, ge=100, description="SemDeDup compares every pair of documents within a group (cost: the square "
+        "of its size). Up to `k` times this many candidates the groups are the KMeans clusters; above, a finer "
+        "KMeans of ceil(candidates / this) centroids splits them (as the SemDeDup paper does). Pairs in "
+        "different groups are not compared.")
     vendi_sample: int = Field(2000, ge=10, description="Documents sampled for the Vendi-score estimate.")
     distinct_n_sample: int = Field(5000, ge=10, description="Documents sampled for distinct-n.")
 
