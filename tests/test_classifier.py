@@ -14,6 +14,7 @@ from udfs.classifier import (
     train_detector,
 )
 from udfs.detectors import prepare_texts
+from udfs.sparse_counts import select_columns
 from udfs.tokenizer import train_tokenizer
 
 M4 = Path(__file__).resolve().parents[1] / "data" / "m4"
@@ -125,3 +126,15 @@ def test_hashed_char_ngrams_count_every_window_and_fold_case_and_whitespace() ->
     assert counts[1].sum() == 4 + 3                 # "ab cd": whitespace run folded to one space
     assert counts[2].sum() == 0
     assert (counts[0].multiply(counts[1])).sum() == 2   # "ab" and "cd" are shared
+
+
+def test_hashed_char_ngrams_of_selected_columns_equal_the_selected_full_counts() -> None:
+    """issue #16: scoring counts only the classifier's columns; the result must be the full counts' selection."""
+    texts = _domain("wikipedia")[0][:40] + ["", "a", "abab abab"]
+    full = hashed_char_ngram_counts(texts, ngram_range=(2, 5), n_features=2**16)
+    frequent = np.flatnonzero(np.bincount(full.indices, minlength=full.shape[1]) >= 3)
+    assert 0 < frequent.size < full.shape[1]
+    selected = hashed_char_ngram_counts(texts, ngram_range=(2, 5), n_features=2**16, columns=frequent)
+    expected = select_columns(full, frequent)
+    assert selected.shape == expected.shape == (len(texts), frequent.size)
+    assert (selected != expected).nnz == 0 and selected.has_sorted_indices

@@ -76,6 +76,16 @@ def test_mattr_equals_the_mean_ttr_of_every_window(wikipedia_human: list[str]) -
     assert type_token_ratio([text])[0] == pytest.approx(expected, rel=1e-12)
 
 
+def test_mattr_of_a_batch_equals_each_text_alone(wikipedia_human: list[str]) -> None:
+    """The batch is one array (issue #16): words must not be matched across documents."""
+    texts = [*wikipedia_human[:30], "", "word", "the the the", "a b " * 40, wikipedia_human[0]]
+    batch = type_token_ratio(texts)
+    expected = [_brute_force_mattr(words(t), 50) if len(words(t)) > 50
+                else (len(set(words(t))) / len(words(t)) if words(t) else np.nan) for t in texts]
+    np.testing.assert_allclose(batch, expected, rtol=1e-12)
+    assert np.isnan(batch[30]) and batch[31] == 1.0 and batch[32] == pytest.approx(1 / 3)
+
+
 def test_mattr_does_not_fall_with_length_as_plain_ttr_does(wikipedia_human: list[str]) -> None:
     long_text = max(wikipedia_human, key=len)
     tokens = words(long_text)

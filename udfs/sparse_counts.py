@@ -31,14 +31,21 @@ def count_matrix(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int],
     return sparse.csr_matrix((counts, (distinct % np.uint64(n_columns)).astype(np.int64), indptr), shape=shape)
 
 
+def column_lookup(columns: np.ndarray, n_columns: int) -> np.ndarray:
+    """Array of ``n_columns`` entries: the position of each column in the strictly increasing ``columns``,
+    -1 for a column not among them."""
+    columns = np.asarray(columns)
+    if columns.size > 1 and not (np.diff(columns) > 0).all():
+        raise ValueError("column selection needs strictly increasing column indices")
+    lookup = np.full(n_columns, -1, dtype=np.int64)
+    lookup[columns] = np.arange(columns.size)
+    return lookup
+
+
 def select_columns(matrix: sparse.csr_matrix, columns: np.ndarray) -> sparse.csr_matrix:
     """``matrix[:, columns]`` for strictly increasing ``columns``: the kept entries keep their order."""
     columns = np.asarray(columns)
-    if columns.size > 1 and not (np.diff(columns) > 0).all():
-        raise ValueError("select_columns needs strictly increasing column indices")
-    lookup = np.full(matrix.shape[1], -1, dtype=np.int64)
-    lookup[columns] = np.arange(columns.size)
-    new_index = lookup[matrix.indices]
+    new_index = column_lookup(columns, matrix.shape[1])[matrix.indices]
     kept = new_index >= 0
     indptr = np.concatenate([[0], np.cumsum(kept)])[matrix.indptr]
     return sparse.csr_matrix((matrix.data[kept], new_index[kept], indptr), shape=(matrix.shape[0], columns.size))
