@@ -34,6 +34,7 @@ from scipy.integrate import quad
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from udfs.arrays import distinct_sorted
 from udfs.minhash import Scheme, exact_jaccard, fmix64, is_empty_signature, permutations
 
 CandidateIndex = Literal["numpy", "datasketch"]
@@ -144,7 +145,7 @@ def candidate_pairs(
 
 def _unique_pairs(pairs: np.ndarray, n_docs: int) -> np.ndarray:
     low, high = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
-    codes = np.unique(low * n_docs + high)
+    codes = distinct_sorted(low * n_docs + high)
     return np.column_stack([codes // n_docs, codes % n_docs]).astype(np.int64)
 
 
