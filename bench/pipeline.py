@@ -123,8 +123,10 @@ def datasketch_reference(texts: list[str], threshold: float = 0.8, num_perm: int
             "threshold": threshold, "num_perm": num_perm}
 
 
-def write_config(work: Path, corpus: Path, size: int, driver_memory: str) -> list[str]:
-    """The run's config file and mixture under ``work``; returns the CLI arguments that use them."""
+def write_config(work: Path, corpus: Path, size: int, driver_memory: str,
+                 spark_conf: dict[str, str] | None = None) -> list[str]:
+    """The run's config file and mixture under ``work``; returns the CLI arguments that use them.
+    ``spark_conf``: more Spark settings (e.g. an event log for a profile)."""
     import yaml
 
     mixture = {
@@ -152,7 +154,7 @@ def write_config(work: Path, corpus: Path, size: int, driver_memory: str) -> lis
         "report": {"dir": str(work / "reports")},
         "lake": {"root": str(work / "lake")},
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "artifact_root": str(work / "mlartifacts")},
-        "spark": {"master": f"local[{CORES}]", "conf": {"spark.driver.memory": driver_memory}},
+        "spark": {"master": f"local[{CORES}]", "conf": {"spark.driver.memory": driver_memory, **(spark_conf or {})}},
     }
     (work / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False), encoding="utf-8")
     (work / "bench.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -227,7 +229,8 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
 
 
 def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool, driver_memory: str,
-              reference_max: int = REFERENCE_MAX, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+              reference_max: int = REFERENCE_MAX, previous: dict[str, Any] | None = None,
+              spark_conf: dict[str, str] | None = None) -> dict[str, Any]:
     """Run each size; ``previous`` (an earlier results file) keeps the sizes not rerun."""
     runs = dict((previous or {}).get("runs", {}))
     results: dict[str, Any] = {"machine": machine_info(), "cores": CORES, "driver_memory": driver_memory, "runs": runs}
@@ -236,7 +239,8 @@ def benchmark(sizes: list[int], cache_dir: Path, timeout: int, keep: bool, drive
         work = Path(tempfile.mkdtemp(prefix=f"cleanwell-pipeline-{size}-"))
         run = {"date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "driver_memory": driver_memory,
                "load_average_1min_before": round(os.getloadavg()[0], 2),
-               **run_pipeline(work, write_config(work, corpus, size, driver_memory), timeout)}
+               **({"spark_conf": spark_conf} if spark_conf else {}),
+               **run_pipeline(work, write_config(work, corpus, size, driver_memory, spark_conf), timeout)}
         seconds = run["wall_seconds"]
         run.update(totals)
         if size <= reference_max:
@@ -288,12 +292,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="largest size that also times datasketch MinHashLSH on the same texts (default "
                              "%(default)s; it holds every signature in memory)")
     parser.add_argument("--fresh", action="store_true", help="drop the sizes an earlier run left in --output")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting for the runs, repeatable (e.g. spark.eventLog.enabled=true and "
+                             "spark.eventLog.dir=file:///tmp/ev for a per-job profile)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH)
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     previous = None if args.fresh or not args.output.exists() else json.loads(args.output.read_text())
+    spark_conf = dict(item.split("=", 1) for item in args.conf)
     results = benchmark(sizes, args.cache_dir, args.timeout, args.keep, args.driver_memory, args.reference_max,
-                        previous)
+                        previous, spark_conf)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(table(results))

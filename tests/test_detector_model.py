@@ -21,10 +21,11 @@ from jobs.common.detector_model import (
 from jobs.common.detector_registry import FPR_THRESHOLDS_TAG
 from jobs.common.errors import CleanwellError
 from jobs.common.tracking import configure
-from jobs.detect import TRAINING_HASHES, LabelledData, compare_with_champion, detector_column
+from jobs.detect import TRAINING_HASHES, LabelledData, WatermarkTest, compare_with_champion, detector_column
 from udfs.classifier import SCORE_COLUMNS, DetectorBundle, DetectorTrainingError, train_detector
 from udfs.detectors import prepare_texts
-from udfs.tokenizer import train_tokenizer
+from udfs.tokenizer import Tokenizer, train_tokenizer
+from udfs.watermark import watermark_z_score
 
 M4 = Path(__file__).resolve().parents[1] / "data" / "m4"
 MOVED_MODULE = "cleanwell_moved_wrapper"
@@ -94,6 +95,36 @@ def test_in_spark_the_detect_column_and_mlflow_spark_udf_score_like_the_bundle(s
     for route in ("own", "mlflow"):
         got = pd.DataFrame(scored[route].tolist())[list(SCORE_COLUMNS)]
         pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-9)
+
+
+@pytest.mark.spark
+def test_the_detect_column_tests_the_watermark_on_the_ids_of_the_text_as_stored(spark, bundle: DetectorBundle) -> None:
+    """detect's one UDF reuses the detector's token ids for the watermark where they are the stored
+    text's (same tokenizer, text already normalised) and encodes again where not; either way the
+    z-scores are the watermark test's of the stored text, and the detector's scores are unchanged."""
+    from pyspark.sql import functions as F
+
+    human, machine = _domain("wikihow", 4)
+    # Normalising drops a bidi control, and sentencepiece would have encoded it: stored that way (silver
+    # from before ingest normalised), a text's ids are not the detector's.
+    unnormalised = ["\u202e" + text for text in machine]
+    texts = [*human, *prepare_texts(machine), *unnormalised, None, ""]
+    shared = bundle.tokenizer
+    assert all(a.tolist() != b.tolist() for a, b in zip(shared.encode_ids(unnormalised),
+                                                        shared.encode_ids(prepare_texts(unnormalised)), strict=True))
+    frame = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "i int, text string")
+    other = train_tokenizer(prepare_texts(human + machine), vocab_size=600)
+    raw = [t or "" for t in texts]
+    expected_scores = bundle.score(raw)
+    for tokenizer_bytes in (bundle.tokenizer.to_bytes(), other):
+        test = WatermarkTest(tokenizer_bytes, "cleanwell-test-key", 0.25)
+        got = frame.withColumn("s", detector_column(F.col("text"), bundle, test)).orderBy("i").toPandas()
+        got = pd.DataFrame(got["s"].tolist())
+        tokenizer = Tokenizer(tokenizer_bytes)
+        expected_z = watermark_z_score(tokenizer.encode_ids(raw), test.key, test.gamma, tokenizer.vocab_size)
+        assert list(got.columns) == [*SCORE_COLUMNS, "watermark_z"]
+        pd.testing.assert_series_equal(got["watermark_z"], pd.Series(expected_z, name="watermark_z"))
+        pd.testing.assert_frame_equal(got[list(SCORE_COLUMNS)], expected_scores, check_exact=False, rtol=1e-9)
 
 
 def test_a_model_whose_wrapper_class_moved_fails_with_a_message_that_says_what_to_do(

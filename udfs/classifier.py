@@ -169,10 +169,16 @@ class DetectorBundle:
         Zero-shot signals are in their natural units (see :mod:`udfs.detectors`);
         ``classifier_score`` and ``synthetic_probability`` are probabilities in [0, 1].
         """
+        return self.score_and_encode(texts)[0]
+
+    def score_and_encode(self, texts: Sequence[str]) -> tuple[pd.DataFrame, list[str], list[np.ndarray] | None]:
+        """:meth:`score`, with the prepared texts and, when the language model needed them, their token
+        ids (so a caller that also tokenises, e.g. the watermark test, need not encode them again)."""
         prepared = prepare_texts(texts)
-        signals = _zero_shot(prepared, self.tokenizer, self.lm)
+        ids = self.tokenizer.encode_ids(prepared) if self.lm is not None else None
+        signals = _zero_shot(prepared, ids, self.lm)
         logit = self.classifier.logit_of_texts(prepared, _dense_features(prepared, signals, self.params), self.params)
-        return _score_frame(logit, signals, self.stacker, self.params.stack_signals, self.signal_medians)
+        return _score_frame(logit, signals, self.stacker, self.params.stack_signals, self.signal_medians), prepared, ids
 
     def threshold_at_fpr(self, target_fpr: float) -> float:
         """The ``synthetic_probability`` threshold that calls at most ``target_fpr`` of the human reference
@@ -263,11 +269,12 @@ def hashed_char_ngram_counts(texts: Sequence[str], ngram_range: tuple[int, int] 
     return sparse.vstack(blocks, format="csr")
 
 
-def _zero_shot(prepared: list[str], tokenizer: Tokenizer, lm: NGramLM | None) -> dict[str, np.ndarray]:
-    """The zero-shot signals of already prepared texts (the LM ones only when ``lm`` is given)."""
+def _zero_shot(prepared: list[str], ids: list[np.ndarray] | None, lm: NGramLM | None) -> dict[str, np.ndarray]:
+    """The zero-shot signals of already prepared texts (the LM ones, from their token ``ids``, only when
+    ``lm`` is given)."""
     signals = text_signals(prepared)
     if lm is not None:
-        signals.update(_lm_signals(tokenizer.encode_ids(prepared), lm))
+        signals.update(_lm_signals(ids, lm))
     return signals
 
 
@@ -377,7 +384,7 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
     tokenizer = Tokenizer(tokenizer_bytes)
     prepared = prepare_texts(texts)
     ids = tokenizer.encode_ids(prepared)
-    signals = _zero_shot(prepared, tokenizer, None)
+    signals = _zero_shot(prepared, None, None)
     folds = list(StratifiedKFold(params.n_folds, shuffle=True, random_state=params.seed).split(prepared, y))
 
     if lm is None:
