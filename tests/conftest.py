@@ -75,10 +75,13 @@ def demo(spark, tmp_path_factory):
     Tests must not change this lake; a test that writes uses ``fork_demo``."""
     from jobs.common.config import load_config
     from jobs.pipeline import run_pipeline
+    from tests import driver_rows
 
     root = tmp_path_factory.mktemp("demo")
     cfg = load_config([str(DEMO_CONFIG)], lake_overrides(root) + DEMO_SECRETS)
-    outcomes = run_pipeline(cfg)
+    with driver_rows.recording() as records:  # what each step brought to the driver (test_driver_rows.py)
+        outcomes = run_pipeline(cfg)
+    driver_rows.RECORDED["demo"] = records
     return cfg, root, {o.step: o for o in outcomes}
 
 
