@@ -37,6 +37,16 @@ def test_select_columns_equals_scipy_column_indexing():
     columns = np.flatnonzero(rng.random(1000) < 0.3)
     ours, reference = select_columns(matrix, columns), matrix[:, columns]
     assert ours.shape == reference.shape and (ours != reference).nnz == 0
+    # rows with no entries, or none in the selected columns, at the start, inside and at the end
+    matrix = matrix.tolil()
+    matrix[[0, 7, 39], :] = 0
+    matrix[[3, 20]] = 0
+    matrix[3, 1] = matrix[20, 2] = 1.0
+    matrix = matrix.tocsr()
+    columns = np.setdiff1d(columns, [1, 2])
+    ours, reference = select_columns(matrix, columns), matrix[:, columns]
+    assert (ours != reference).nnz == 0 and np.array_equal(ours.indptr, reference.indptr)
+    assert [ours[r].nnz for r in (0, 3, 7, 20, 39)] == [0] * 5
     assert select_columns(matrix, np.zeros(0, np.int64)).shape == (40, 0)
     with pytest.raises(ValueError, match="increasing"):
         select_columns(matrix, np.array([5, 2]))
