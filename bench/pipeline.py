@@ -55,6 +55,7 @@ SYNTHETIC_SHARE = SHARES["synthetic"]
 TOKENS_PER_DOCUMENT_BUDGET = 60
 CORES = 2
 STEP_DONE = re.compile(r"^\[(\w+)\] done in ([0-9.]+) s")
+STEP_RUNNING = re.compile(r"^\[(\w+)\] running", re.MULTILINE)
 NEAR_DUPLICATES = re.compile(r"^\[neardup\] done in .*marked \(near_duplicate (\d+)\)", re.MULTILINE)
 REFERENCE_MAX = 100_000
 
@@ -192,11 +193,20 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak: dict[str, int] = {"total": 0}
+        # Each kind's own peak comes at its own moment; what the processes held together at the moment of
+        # the total's peak, and which step was running then, says what to shrink.
+        at_total_peak: dict[str, Any] = {}
         done = threading.Event()
 
         def sample() -> None:
             while not done.is_set():
                 by_kind = tree_rss_by_kind(process.pid)
+                if sum(by_kind.values()) > peak["total"]:
+                    running = STEP_RUNNING.findall(log_path.read_text(errors="replace"))
+                    at_total_peak.clear()
+                    at_total_peak.update({kind: round(rss / 2**30, 2) for kind, rss in by_kind.items()},
+                                         step=running[-1] if running else None,
+                                         seconds_into_run=round(time.perf_counter() - began, 1))
                 peak["total"] = max(peak["total"], sum(by_kind.values()))
                 for kind, rss in by_kind.items():
                     peak[kind] = max(peak.get(kind, 0), rss)
@@ -222,7 +232,8 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     result = {"finished": finished, "wall_seconds": round(wall, 1), "step_seconds": steps,
               "near_duplicates_marked": int(marked.group(1)) if marked else None,
               "sum_of_step_seconds": round(sum(steps.values()), 1),
-              "peak_memory_gib": {k: round(v / 2**30, 2) for k, v in peak.items()}}
+              "peak_memory_gib": {k: round(v / 2**30, 2) for k, v in peak.items()},
+              "memory_at_total_peak_gib": at_total_peak}
     if note:
         result["note"] = f"{note}; log tail: {text[-1500:]}"
     return result

@@ -189,7 +189,9 @@ def soak_1m() -> dict[str, Any] | str:
             "bounded_driver_collects": {
                 "python_driver_peak_gib": driver,
                 "how": "every collect and toPandas in jobs/ is an aggregate or a capped sample (audited "
-                       "2026-12-05, docs/reliability.md); the driver's peak is the detector's capped training"}}
+                       "2026-12-05, docs/reliability.md; tests/test_driver_rows.py fails on a collect of more "
+                       "than 100 rows outside the capped samples); the driver's peak is the detector's capped "
+                       "training"}}
 
 
 def main(argv: list[str] | None = None) -> int:
