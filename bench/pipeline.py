@@ -201,13 +201,14 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
         def sample() -> None:
             while not done.is_set():
                 by_kind = tree_rss_by_kind(process.pid)
-                if sum(by_kind.values()) > peak["total"]:
+                total = sum(by_kind.values())
+                if total > peak["total"]:
                     running = STEP_RUNNING.findall(log_path.read_text(errors="replace"))
                     at_total_peak.clear()
                     at_total_peak.update({kind: round(rss / 2**30, 2) for kind, rss in by_kind.items()},
                                          step=running[-1] if running else None,
                                          seconds_into_run=round(time.perf_counter() - began, 1))
-                peak["total"] = max(peak["total"], sum(by_kind.values()))
+                peak["total"] = max(peak["total"], total)
                 for kind, rss in by_kind.items():
                     peak[kind] = max(peak.get(kind, 0), rss)
                 done.wait(0.2)

@@ -290,7 +290,6 @@ def detector_column(text, bundle: DetectorBundle, watermark: WatermarkTest | Non
             tokenizer = cached_tokenizer(tokenizer_bytes)
             if shared and ids is not None:
                 stale = [i for i, (r, p) in enumerate(zip(raw, prepared, strict=True)) if r != p]
-                ids = list(ids)
                 for i, encoded in zip(stale, tokenizer.encode_ids([raw[i] for i in stale]), strict=True):
                     ids[i] = encoded
             else:
