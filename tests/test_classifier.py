@@ -14,7 +14,7 @@ from udfs.classifier import (
     train_detector,
 )
 from udfs.detectors import prepare_texts
-from udfs.sparse_counts import select_columns
+from udfs.sparse_counts import select
 from udfs.tokenizer import train_tokenizer
 
 M4 = Path(__file__).resolve().parents[1] / "data" / "m4"
@@ -135,6 +135,6 @@ def test_hashed_char_ngrams_of_selected_columns_equal_the_selected_full_counts()
     frequent = np.flatnonzero(np.bincount(full.indices, minlength=full.shape[1]) >= 3)
     assert 0 < frequent.size < full.shape[1]
     selected = hashed_char_ngram_counts(texts, ngram_range=(2, 5), n_features=2**16, columns=frequent)
-    expected = select_columns(full, frequent)
+    expected = select(full, frequent)
     assert selected.shape == expected.shape == (len(texts), frequent.size)
     assert (selected != expected).nnz == 0 and selected.has_sorted_indices

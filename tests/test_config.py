@@ -112,10 +112,24 @@ def test_relative_lake_root_becomes_an_absolute_table_path(tmp_path, monkeypatch
 
 def test_configured_driver_java_options_keep_the_log4j_settings():
     # spark.conf's extraJavaOptions used to replace the log4j option get_spark sets (and the quiet console).
-    from jobs.common.session import driver_java_options, local_conf
+    from jobs.common.session import LOCAL_HEAP_OPTIONS, driver_java_options, local_conf
 
-    conf = local_conf(load_config(overrides=["spark.conf.spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1"]))
+    conf = local_conf(load_config(overrides=["spark.conf.spark.driver.extraJavaOptions=-XX:MaxHeapFreeRatio=50"]))
     options = driver_java_options(conf).split()
-    assert options[0].startswith("-Dlog4j2.configurationFile=") and options[1:] == ["-XX:TieredStopAtLevel=1"]
+    assert options[0].startswith("-Dlog4j2.configurationFile=")
+    # the user's options last: the JVM takes the last value of a repeated flag
+    assert options[1:] == [*LOCAL_HEAP_OPTIONS, "-XX:MaxHeapFreeRatio=50"]
     assert "spark.driver.extraJavaOptions" not in conf  # the builder sets the merged value alone
-    assert driver_java_options(local_conf(load_config())).count(" ") == 0
+    assert driver_java_options(local_conf(load_config())).split()[1:] == list(LOCAL_HEAP_OPTIONS)
+
+
+def test_the_local_jvm_runs_with_a_heap_that_shrinks(spark):
+    """issue #16: the local JVM returns heap it does not use (G1, free ratio <= 30 %), so its idle
+    resident memory does not add a full spark.driver.memory to the Python driver's peak."""
+    from jobs.common.session import LOCAL_HEAP_OPTIONS
+
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    arguments = list(runtime.getInputArguments())
+    assert set(LOCAL_HEAP_OPTIONS) <= set(arguments)
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert any("G1" in bean.getName() for bean in beans)

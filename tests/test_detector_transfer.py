@@ -99,22 +99,23 @@ def test_two_domains_calibrate_on_out_of_domain_scores_with_sign_consistent_weig
 
 def test_calibration_classifiers_never_see_the_domain_they_score(labelled, monkeypatch) -> None:
     texts, labels, domains = labelled
-    counts = classifier.hashed_char_ngram_counts(prepare_texts(texts))
+    counts = classifier.hashed_char_ngram_counts(prepare_texts(texts), dtype=np.float32)  # as training counts
     row_key = {counts[i].indices.tobytes() + counts[i].data.tobytes(): domains[i] for i in range(len(texts))}
     fitted: list[set[str]] = []
     scored: list[set[str]] = []
     fit, logit = classifier._NgramClassifier.fit.__func__, classifier._NgramClassifier.logit
 
-    def domains_of(matrix):
-        return {row_key[matrix[i].indices.tobytes() + matrix[i].data.tobytes()] for i in range(matrix.shape[0])}
+    def domains_of(matrix, rows):
+        rows = range(matrix.shape[0]) if rows is None else rows
+        return {row_key[matrix[i].indices.tobytes() + matrix[i].data.tobytes()] for i in rows}
 
-    def spy_fit(cls, matrix, dense, y, params):
-        fitted.append(domains_of(matrix))
-        return fit(cls, matrix, dense, y, params)
+    def spy_fit(cls, matrix, dense, y, params, rows=None):
+        fitted.append(domains_of(matrix, rows))
+        return fit(cls, matrix, dense, y, params, rows)
 
-    def spy_logit(self, matrix, dense):
-        scored.append(domains_of(matrix))
-        return logit(self, matrix, dense)
+    def spy_logit(self, matrix, dense, rows=None):
+        scored.append(domains_of(matrix, rows))
+        return logit(self, matrix, dense, rows)
 
     monkeypatch.setattr(classifier._NgramClassifier, "fit", classmethod(spy_fit))
     monkeypatch.setattr(classifier._NgramClassifier, "logit", spy_logit)

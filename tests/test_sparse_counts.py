@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from udfs.sparse_counts import count_matrix, select_columns
+from udfs.sparse_counts import count_matrix, document_frequency, select
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 50), (300, 2**20)])
@@ -31,11 +31,11 @@ def test_count_matrix_of_nothing_and_rows_without_entries():
         count_matrix(np.array([3]), np.array([0]), (3, 5))
 
 
-def test_select_columns_equals_scipy_column_indexing():
+def test_select_equals_scipy_row_and_column_indexing():
     rng = np.random.default_rng(3)
     matrix = sparse.random(40, 1000, density=0.05, format="csr", random_state=4)
     columns = np.flatnonzero(rng.random(1000) < 0.3)
-    ours, reference = select_columns(matrix, columns), matrix[:, columns]
+    ours, reference = select(matrix, columns), matrix[:, columns]
     assert ours.shape == reference.shape and (ours != reference).nnz == 0
     # rows with no entries, or none in the selected columns, at the start, inside and at the end
     matrix = matrix.tolil()
@@ -44,9 +44,30 @@ def test_select_columns_equals_scipy_column_indexing():
     matrix[3, 1] = matrix[20, 2] = 1.0
     matrix = matrix.tocsr()
     columns = np.setdiff1d(columns, [1, 2])
-    ours, reference = select_columns(matrix, columns), matrix[:, columns]
+    ours, reference = select(matrix, columns), matrix[:, columns]
     assert (ours != reference).nnz == 0 and np.array_equal(ours.indptr, reference.indptr)
     assert [ours[r].nnz for r in (0, 3, 7, 20, 39)] == [0] * 5
-    assert select_columns(matrix, np.zeros(0, np.int64)).shape == (40, 0)
+    assert select(matrix, np.zeros(0, np.int64)).shape == (40, 0)
+    # rows in any order, repeated, none; float32 counts to float64 features
+    for rows in (rng.permutation(40)[:25], np.array([39, 3, 3, 0, 20]), np.zeros(0, np.int64)):
+        ours, reference = select(matrix.astype(np.float32), columns, rows, np.float64), matrix[rows][:, columns]
+        assert ours.dtype == np.float64 and ours.shape == reference.shape
+        assert (ours != reference.astype(np.float32).astype(np.float64)).nnz == 0
+        assert np.array_equal(ours.indptr, reference.indptr) and ours.has_sorted_indices
     with pytest.raises(ValueError, match="increasing"):
-        select_columns(matrix, np.array([5, 2]))
+        select(matrix, np.array([5, 2]))
+
+
+def test_select_and_document_frequency_across_row_slices(monkeypatch):
+    """More rows than one pass takes: the slices join up as one selection."""
+    import udfs.sparse_counts as sparse_counts
+
+    monkeypatch.setattr(sparse_counts, "_ROW_CHUNK", 7)
+    matrix = sparse.random(60, 300, density=0.1, format="csr", random_state=5)
+    rows = np.random.default_rng(6).permutation(60)[:45]
+    columns = np.arange(0, 300, 3)
+    reference = matrix[rows][:, columns]
+    ours = select(matrix, columns, rows)
+    assert (ours != reference).nnz == 0 and np.array_equal(ours.indptr, reference.indptr)
+    assert np.array_equal(document_frequency(matrix, rows), (matrix[rows] != 0).sum(axis=0).A1)
+    assert np.array_equal(document_frequency(matrix), (matrix != 0).sum(axis=0).A1)

@@ -48,7 +48,7 @@ from udfs.detectors import (
     text_signals,
 )
 from udfs.ngram_lm import NGramLM, lm_signals, train_ngram_lm
-from udfs.sparse_counts import column_lookup, count_matrix, select_columns
+from udfs.sparse_counts import column_lookup, count_matrix, document_frequency, select
 from udfs.tokenizer import Tokenizer, train_tokenizer
 
 DETECTOR_COLUMNS = ("classifier_score", *ZERO_SHOT_SIGNALS)
@@ -106,10 +106,14 @@ class _NgramClassifier:
 
     @classmethod
     def fit(cls, counts: sparse.csr_matrix, dense: np.ndarray | None, labels: np.ndarray,
-            params: DetectorParams) -> _NgramClassifier:
-        document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
-        columns = np.flatnonzero(document_frequency >= params.min_document_frequency).astype(np.int32)
-        selected = select_columns(counts, columns)  # once: the IDF and the model's features both need it
+            params: DetectorParams, rows: np.ndarray | None = None) -> _NgramClassifier:
+        """Fit on ``rows`` (default: all) of ``counts``, ``dense`` and ``labels``."""
+        if rows is not None:
+            dense, labels = _rows(dense, rows), labels[rows]
+        frequency = document_frequency(counts, rows)
+        columns = np.flatnonzero(frequency >= params.min_document_frequency).astype(np.int32)
+        # once: the IDF and the model's features both need it; float64 whatever the counts' type
+        selected = select(counts, columns, rows, dtype=np.float64)
         idf = TfidfTransformer(sublinear_tf=True).fit(selected)
         medians = scaler = None
         if dense is not None:
@@ -125,8 +129,10 @@ class _NgramClassifier:
         classifier.model.fit(features, labels)
         return classifier
 
-    def _features(self, counts: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
-        return self._features_of_selected(select_columns(counts, self.ngram_columns), dense)
+    def _features(self, counts: sparse.csr_matrix, dense: np.ndarray | None,
+                  rows: np.ndarray | None = None) -> sparse.csr_matrix:
+        selected = select(counts, self.ngram_columns, rows, dtype=np.float64)
+        return self._features_of_selected(selected, dense if rows is None else _rows(dense, rows))
 
     def _features_of_selected(self, selected: sparse.csr_matrix, dense: np.ndarray | None) -> sparse.csr_matrix:
         ngrams = self.ngram_idf.transform(selected, copy=False)  # every caller hands in counts it drops after
@@ -135,8 +141,9 @@ class _NgramClassifier:
         scaled = self.dense_scaler.transform(_impute(dense, self.dense_medians)) * self.dense_feature_weight
         return sparse.hstack([ngrams, sparse.csr_matrix(scaled)], format="csr")
 
-    def logit(self, counts: sparse.csr_matrix, dense: np.ndarray | None) -> np.ndarray:
-        return self.model.decision_function(self._features(counts, dense))
+    def logit(self, counts: sparse.csr_matrix, dense: np.ndarray | None, rows: np.ndarray | None = None) -> np.ndarray:
+        """Logits of ``rows`` (default: all) of ``counts`` and ``dense``."""
+        return self.model.decision_function(self._features(counts, dense, rows))
 
     def logit_of_texts(self, prepared: list[str], dense: np.ndarray | None, params: DetectorParams) -> np.ndarray:
         """:meth:`logit` of prepared texts, counting only the selected n-gram columns."""
@@ -222,7 +229,8 @@ _HASH_CHUNK_DOCS = 256
 
 
 def hashed_char_ngram_counts(texts: Sequence[str], ngram_range: tuple[int, int] = (2, 5),
-                             n_features: int = 2**20, columns: np.ndarray | None = None) -> sparse.csr_matrix:
+                             n_features: int = 2**20, columns: np.ndarray | None = None,
+                             dtype: type = np.float64) -> sparse.csr_matrix:
     """Counts of hashed character n-grams, one row per text, ``n_features`` columns.
 
     The features of scikit-learn's ``HashingVectorizer(analyzer="char")`` (lowercased, whitespace
@@ -230,8 +238,9 @@ def hashed_char_ngram_counts(texts: Sequence[str], ngram_range: tuple[int, int] 
     then a multiplicative mix) instead of a Python loop per n-gram: ~4x faster.
 
     ``columns`` (strictly increasing): only these columns, numbered 0.. in that order; the same as
-    ``select_columns`` of the full counts, but n-grams of other columns are dropped before counting
-    (scoring needs only the columns the classifier selected).
+    ``select`` of the full counts, but n-grams of other columns are dropped before counting
+    (scoring needs only the columns the classifier selected). ``dtype``: of the counts (float32 holds
+    them exactly and takes a third less memory than float64 with the int32 column indices).
     """
     low, high = ngram_range
     lookup = None if columns is None else column_lookup(columns, n_features)
@@ -263,9 +272,9 @@ def hashed_char_ngram_counts(texts: Sequence[str], ngram_range: tuple[int, int] 
                 doc_rows, buckets = doc_rows[kept], buckets[kept]
             rows.append(doc_rows)
             bucket_lists.append(buckets)
-        blocks.append(count_matrix(np.concatenate(rows), np.concatenate(bucket_lists), (len(chunk), width)))
+        blocks.append(count_matrix(np.concatenate(rows), np.concatenate(bucket_lists), (len(chunk), width), dtype))
     if not blocks:
-        return sparse.csr_matrix((0, width))
+        return sparse.csr_matrix((0, width), dtype=dtype)
     return sparse.vstack(blocks, format="csr")
 
 
@@ -400,7 +409,8 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
     else:
         signals.update(_lm_signals(ids, lm))
 
-    counts = hashed_char_ngram_counts(prepared, params.char_ngram_range, params.hash_features)
+    # float32: every fold's features are float64 selections of these (sparse_counts.select)
+    counts = hashed_char_ngram_counts(prepared, params.char_ngram_range, params.hash_features, dtype=np.float32)
     dense = _dense_features(prepared, signals, params)
     by_domain = domain_folds(domains, y)
     # Stacking rows and the classifier logit each of them gets from a classifier that never saw it:
@@ -410,8 +420,8 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
     stack_rows = np.sort(np.concatenate([held_out for _, held_out in stack_folds]))
     held_out_logit = np.full(y.size, np.nan)
     for train_rows, held_out in stack_folds:
-        fold_classifier = _NgramClassifier.fit(counts[train_rows], _rows(dense, train_rows), y[train_rows], params)
-        held_out_logit[held_out] = fold_classifier.logit(counts[held_out], _rows(dense, held_out))
+        fold_classifier = _NgramClassifier.fit(counts, dense, y, params, rows=train_rows)
+        held_out_logit[held_out] = fold_classifier.logit(counts, dense, rows=held_out)
     classifier = _NgramClassifier.fit(counts, dense, y, params)
 
     signal_medians = {name: float(np.nanmedian(signals[name])) if np.isfinite(signals[name]).any() else 0.0
