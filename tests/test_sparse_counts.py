@@ -8,7 +8,7 @@ from scipy import sparse
 from udfs.sparse_counts import count_matrix, document_frequency, select
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (7, 50), (300, 2**20)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 50), (300, 2**20), (5000, 2**20)])  # the last: 64-bit keys
 def test_count_matrix_equals_scipy_summing_duplicates(shape):
     rng = np.random.default_rng(shape[1])
     size = 20 * shape[0]

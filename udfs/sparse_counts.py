@@ -24,13 +24,16 @@ def count_matrix(rows: np.ndarray, columns: np.ndarray, shape: tuple[int, int],
         raise ValueError(f"a (row, column) pair lies outside the shape {shape}")
     if n_rows * n_columns >= 2**63:
         raise ValueError(f"shape {shape} is too large for one 64-bit key per entry")
-    keys = np.sort(rows.astype(np.uint64) * np.uint64(n_columns) + columns.astype(np.uint64))
+    # 32-bit keys where they fit (a detector chunk: 256 rows x 2^20 columns): numpy sorts them ~2.4x
+    # faster than 64-bit ones, and the sort is half of this function's time.
+    key = np.uint32 if n_rows * n_columns < 2**32 else np.uint64
+    keys = np.sort(rows.astype(key) * key(n_columns) + columns.astype(key))
     first = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]])) if keys.size else np.zeros(0, np.int64)
     counts = np.diff(np.append(first, keys.size)).astype(dtype)
     distinct = keys[first]
-    row_of = (distinct // np.uint64(n_columns)).astype(np.int64)
-    indptr = np.searchsorted(row_of, np.arange(n_rows + 1), side="left")
-    return sparse.csr_matrix((counts, (distinct % np.uint64(n_columns)).astype(np.int64), indptr), shape=shape)
+    row_of = distinct // key(n_columns)
+    indptr = np.searchsorted(row_of, np.arange(n_rows + 1, dtype=key), side="left")
+    return sparse.csr_matrix((counts, (distinct % key(n_columns)).astype(np.int64), indptr), shape=shape)
 
 
 def column_lookup(columns: np.ndarray, n_columns: int) -> np.ndarray:
