@@ -19,6 +19,8 @@ from udfs.heuristics import (
     SIGNAL_COLUMNS,
     QualityThresholds,
     UnknownThresholdError,
+    _gopher_word_counts,
+    _gopher_word_counts_of,
     _occurrences,
     failed_quality_rules,
     quality_rule_signals,
@@ -162,6 +164,25 @@ def test_occurrences_count_every_value_like_numpy_unique(crowded: bool):
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     assert set(counts.tolist()) == {1, 2, 3}
     np.testing.assert_array_equal(_occurrences(keys), counts[inverse])
+
+
+def test_batched_gopher_word_counts_equal_the_per_token_definition():
+    """issue #16: words, their characters and stop words come from Arrow kernels over the whole batch;
+    they must equal str.strip / str.lower per token, on real texts and on case and punctuation edge
+    cases (a dotted capital I lowers to two characters in Python, to "i" in Arrow's simple mapping)."""
+    lines = (M4 / "wikihow_llama2.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    texts = [json.loads(line)[key] for line in lines for key in ("human_text", "machine_text")]
+    texts += ["", "   ", "... -- !!", "THE The tHe the. (the) «and» “With” WİTH wİth KKof ſo ſ",
+              "Ŧhe Ωf to—be that’s HAVE… ʼtoʼ to be", " be　ofandthe"]
+    token_lists = [text.split() for text in texts]
+    reference = np.array([_gopher_word_counts_of(tokens) for tokens in token_lists], dtype=np.int64)
+    batched = _gopher_word_counts(token_lists)
+    np.testing.assert_array_equal(batched, reference)
+    assert reference[:, 2].sum() > 500 and reference[-3:, 2].tolist() == [7, 3, 4]  # not vacuous
+    # not valid UTF-8 (a lone surrogate): the per-token path, same counts
+    with_surrogate = [["the", "x\ud800y", "of."], ["and"]]
+    np.testing.assert_array_equal(_gopher_word_counts(with_surrogate), [[3, 8, 2], [1, 3, 1]])
+    assert _gopher_word_counts([]).shape == (0, 3)
 
 
 def test_a_document_scores_the_same_alone_or_in_a_batch_with_copies_of_itself():
