@@ -51,12 +51,13 @@ def column_lookup(columns: np.ndarray, n_columns: int) -> np.ndarray:
 _ROW_CHUNK = 2048
 
 
-def row_entries(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Positions in a CSR matrix's ``data`` / ``indices`` of the entries of ``rows``, row after row."""
+def row_entries(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in a CSR matrix's ``data`` / ``indices`` of the entries of ``rows``, row after row,
+    and each row's number of entries."""
     starts = indptr[rows].astype(np.int64)
     lengths = indptr[rows + 1].astype(np.int64) - starts
     before = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+    return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()), dtype=np.int64), lengths
 
 
 def document_frequency(matrix: sparse.csr_matrix, rows: np.ndarray | None = None) -> np.ndarray:
@@ -65,7 +66,7 @@ def document_frequency(matrix: sparse.csr_matrix, rows: np.ndarray | None = None
         return np.bincount(matrix.indices, minlength=matrix.shape[1])
     frequency = np.zeros(matrix.shape[1], dtype=np.int64)
     for start in range(0, len(rows), _ROW_CHUNK):
-        frequency += np.bincount(matrix.indices[row_entries(matrix.indptr, rows[start:start + _ROW_CHUNK])],
+        frequency += np.bincount(matrix.indices[row_entries(matrix.indptr, rows[start:start + _ROW_CHUNK])[0]],
                                  minlength=matrix.shape[1])
     return frequency
 
@@ -83,10 +84,10 @@ def select(matrix: sparse.csr_matrix, columns: np.ndarray, rows: np.ndarray | No
     data, indices, lengths = [], [], [np.zeros(1, dtype=np.int64)]
     for start in range(0, len(rows), _ROW_CHUNK):
         chunk = rows[start:start + _ROW_CHUNK]
-        entries = row_entries(matrix.indptr, chunk)
+        entries, row_lengths = row_entries(matrix.indptr, chunk)
         new_index = lookup[matrix.indices[entries]]
         kept = new_index >= 0
-        row_of_entry = np.repeat(np.arange(chunk.size), np.diff(matrix.indptr)[chunk])
+        row_of_entry = np.repeat(np.arange(chunk.size), row_lengths)
         lengths.append(np.bincount(row_of_entry[kept], minlength=chunk.size))
         data.append(matrix.data[entries[kept]].astype(dtype or matrix.dtype))
         indices.append(new_index[kept].astype(np.int32 if columns.size < 2**31 else np.int64))
