@@ -206,7 +206,7 @@ def train_and_register(cfg: Config, data: LabelledData, tokenizer_bytes: bytes, 
     from jobs.common.detector_model import log_detector_model
 
     bundle = train_detector(data.texts, data.labels, tokenizer_bytes, params=DetectorParams(seed=cfg.detect.seed),
-                            domains=data.domains)
+                            domains=data.domains, processes=cfg.detect.training_processes)
     comparison = compare_with_champion(cfg, bundle, data)
     info = log_detector_model(bundle, registered_model_name=cfg.detect.registered_model)
     # Hashes of the training texts travel with the model, so evaluation can refuse to score them.

@@ -110,6 +110,42 @@ def test_retraining_on_the_same_texts_gives_the_same_scores() -> None:
     pd.testing.assert_frame_equal(scores[0], scores[1], check_exact=True)
 
 
+@pytest.mark.parametrize("with_domains", [False, True], ids=["folds", "left-out-domains"])
+def test_fits_in_forked_processes_give_the_bundle_of_fits_in_one_process(
+        with_domains: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # detect.training_processes must not change the model: liblinear is seeded at every fit, so a fit in
+    # a forked process is the fit done here, bit for bit.
+    import os
+
+    import udfs.classifier as classifier
+
+    texts, labels, domains = [], [], []
+    for name in ("wikipedia", "wikihow"):
+        human, machine = _domain(name)
+        texts += human[:25] + machine[:25]
+        labels += [0] * 25 + [1] * 25
+        domains += [name] * 50
+    tokenizer_bytes = train_tokenizer(prepare_texts(texts), vocab_size=800)
+    fit = classifier._fit_and_score
+    pids = tmp_path / "pids"
+
+    def recorded_fit(*args):
+        with open(pids, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return fit(*args)
+
+    monkeypatch.setattr(classifier, "_fit_and_score", recorded_fit)
+    bundles = {processes: train_detector(texts, labels, tokenizer_bytes, domains=domains if with_domains else None,
+                                         processes=processes) for processes in (1, 2)}
+    fits = pids.read_text().split()
+    in_parent = [pid for pid in fits if int(pid) == os.getpid()]
+    assert len(in_parent) == len(fits) // 2 and len(set(fits) - set(in_parent)) == 2  # 2 forked, none here
+    probe = texts[::7]
+    pd.testing.assert_frame_equal(bundles[1].score(probe), bundles[2].score(probe), check_exact=True)
+    assert bundles[1].training_summary == bundles[2].training_summary
+    np.testing.assert_array_equal(bundles[1].classifier.model.coef_, bundles[2].classifier.model.coef_)
+
+
 def test_training_rejects_labels_that_do_not_fit() -> None:
     with pytest.raises(DetectorTrainingError, match="texts but"):
         train_detector(["a", "b"], [0], b"")

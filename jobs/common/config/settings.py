@@ -223,6 +223,9 @@ class DetectConfig(Model):
                                       "declared human or synthetic.")
     max_training_documents: int = Field(20000, ge=10, description="Cap on training documents (deterministic "
                                         "sample, balanced by label).")
+    training_processes: int = Field(2, ge=1, description="Classifier fits the training runs at once, in "
+                                    "forked processes on the driver (the bundle is the same for any value; "
+                                    "each running fit holds ~1 GiB at 20,000 training documents).")
     registered_model: str = Field("cleanwell-synthetic-detector", description="MLflow registered model name.")
     alias: str = Field("champion", description="Registry alias the detect step sets and scoring loads.")
     seed: int = Field(0, description="Seed of the cross-fitting folds.")
