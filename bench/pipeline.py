@@ -175,13 +175,32 @@ def _kind(pid: int) -> str:
     return "python_driver" if "python" in command else "other"
 
 
-def tree_rss_by_kind(root: int) -> dict[str, int]:
-    """Resident bytes of ``root`` and its descendants, summed per kind of process (from /proc)."""
-    totals: dict[str, int] = {}
-    for pid, rss in tree_rss(root).items():
+def _pss(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in bytes (None where /proc does not say)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def tree_memory_by_kind(root: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Memory of ``root`` and its descendants summed per kind of process (from /proc): proportional set
+    sizes, and resident sizes. Summed resident sizes count a page once per process that maps it: the
+    detector's training forks processes that share the driver's pages copy-on-write, which would count
+    the driver's memory three times over, so the peak is taken from PSS (a page shared by n processes
+    counts 1/n in each: the sum is the memory the tree holds). RSS stands in where PSS is unreadable."""
+    pss: dict[str, int] = {}
+    rss: dict[str, int] = {}
+    for pid, resident in tree_rss(root).items():
         kind = _kind(pid)
-        totals[kind] = totals.get(kind, 0) + rss
-    return totals
+        proportional = _pss(pid)
+        pss[kind] = pss.get(kind, 0) + (resident if proportional is None else proportional)
+        rss[kind] = rss.get(kind, 0) + resident
+    return pss, rss
 
 
 def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, Any]:
@@ -193,6 +212,7 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         peak: dict[str, int] = {"total": 0}
+        rss_peak: dict[str, int] = {"total": 0}
         # Each kind's own peak comes at its own moment; what the processes held together at the moment of
         # the total's peak, and which step was running then, says what to shrink.
         at_total_peak: dict[str, Any] = {}
@@ -200,8 +220,11 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
 
         def sample() -> None:
             while not done.is_set():
-                by_kind = tree_rss_by_kind(process.pid)
+                by_kind, resident = tree_memory_by_kind(process.pid)
                 total = sum(by_kind.values())
+                rss_peak["total"] = max(rss_peak["total"], sum(resident.values()))
+                for kind, size in resident.items():
+                    rss_peak[kind] = max(rss_peak.get(kind, 0), size)
                 if total > peak["total"]:
                     running = STEP_RUNNING.findall(log_path.read_text(errors="replace"))
                     at_total_peak.clear()
@@ -234,6 +257,8 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
               "near_duplicates_marked": int(marked.group(1)) if marked else None,
               "sum_of_step_seconds": round(sum(steps.values()), 1),
               "peak_memory_gib": {k: round(v / 2**30, 2) for k, v in peak.items()},
+              "memory_measure": "pss",
+              "peak_rss_sum_gib": {k: round(v / 2**30, 2) for k, v in rss_peak.items()},
               "memory_at_total_peak_gib": at_total_peak}
     if note:
         result["note"] = f"{note}; log tail: {text[-1500:]}"
