@@ -120,9 +120,10 @@ def test_calibration_classifiers_never_see_the_domain_they_score(labelled, monke
     monkeypatch.setattr(classifier._NgramClassifier, "fit", classmethod(spy_fit))
     monkeypatch.setattr(classifier._NgramClassifier, "logit", spy_logit)
     train_detector(texts, labels, train_tokenizer(prepare_texts(texts), vocab_size=2000), domains=domains)
-    # two calibration classifiers, each fitted on one domain and scoring the other; then the final one
-    assert fitted[:2] == [{"wikipedia"}, {"wikihow"}] and scored[:2] == [{"wikihow"}, {"wikipedia"}]
-    assert fitted[2] == {"wikihow", "wikipedia"}
+    # the final classifier first (it scores nothing here), then two calibration classifiers, each fitted on
+    # one domain and scoring the other (fit and logit of a fold run together, in this order)
+    assert fitted[0] == {"wikihow", "wikipedia"}
+    assert fitted[1:] == [{"wikipedia"}, {"wikihow"}] and scored == [{"wikihow"}, {"wikipedia"}]
 
 
 def test_leave_one_domain_out_evaluation_never_trains_on_the_left_out_domain(labelled, monkeypatch) -> None:
