@@ -41,7 +41,7 @@ from udfs.diversity import cluster_entropy, distinct_n, top_source_share, vendi_
 from udfs.embeddings import EmbeddingModel
 from udfs.kmeans import fit_centroids
 from udfs.semdedup import semantic_duplicate_of
-from udfs.spark import embedding_column, nearest_centroid_column
+from udfs.spark import embedding_and_cluster_column, embedding_column, nearest_centroid_column
 
 PRODUCED = ("embedding", "cluster_id", "semantic_duplicate_of")
 
@@ -74,16 +74,24 @@ def _vectors(frame: DataFrame) -> np.ndarray:
 
 
 def add_clusters(frame: DataFrame, cfg: Config, embed: Callable[[DataFrame], DataFrame] = lambda df: df,
-                 hold: Callable[[DataFrame], DataFrame] = lambda df: df) -> tuple[DataFrame, DataFrame]:
+                 hold: Callable[[DataFrame], DataFrame] = lambda df: df,
+                 embed_and_assign: Callable[[DataFrame, np.ndarray], DataFrame] | None = None
+                 ) -> tuple[DataFrame, DataFrame]:
     """(documents with cluster_id, one row per cluster with size and centroid). KMeans is fitted on the
     embeddings of at most ``clusters.fit_sample`` documents (:func:`fit_sample`, udfs/kmeans.py:
     scikit-learn); every document then goes to its nearest centroid. ``embed`` adds the ``embedding``
     column: the sample is taken before it, so only the sample is embedded for the fit and every other
-    document once, in the same pass as its assignment (identity when ``frame`` has embeddings). ``hold``
-    caches the documents; the summary's sizes (k rows, collected here) fill that cache."""
+    document once, in the same pass as its assignment (identity when ``frame`` has embeddings).
+    ``embed_and_assign(frame, centroids)``, when given, adds ``embedding`` and ``cluster_id`` together
+    (one Python pass) instead of ``embed`` then the assignment. ``hold`` caches the documents; the
+    summary's sizes (k rows, collected here) fill that cache."""
     c = cfg.clusters
     centroids = fit_centroids(_vectors(embed(fit_sample(frame, c.fit_sample))), c.k, c.seed, c.max_iter)
-    clustered = hold(embed(frame).withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids)))
+    if embed_and_assign is None:
+        assigned = embed(frame).withColumn("cluster_id", nearest_centroid_column(F.col("embedding"), centroids))
+    else:
+        assigned = embed_and_assign(frame, centroids)
+    clustered = hold(assigned)
     return clustered, _cluster_summary(clustered, centroids)
 
 
@@ -157,6 +165,17 @@ def with_embeddings(silver: DataFrame, cfg: Config, model_bytes: bytes | None) -
     return silver.withColumn("embedding", embedding_column(F.col("text"), model_bytes, cfg.embeddings.model_path))
 
 
+def with_embeddings_and_clusters(silver: DataFrame, cfg: Config, model_bytes: bytes | None,
+                                 centroids: np.ndarray) -> DataFrame:
+    """``silver`` with ``embedding`` and ``cluster_id`` from one UDF: at 1 M documents the held pass that
+    embedded and then assigned in two Python UDFs took 0.42 ms a document of executor time against the
+    embedding's 0.21 in one process (docs/performance.md)."""
+    both = embedding_and_cluster_column(F.col("text"), centroids, model_bytes, cfg.embeddings.model_path)
+    return (silver.withColumn("_embedded", both)
+            .withColumns({"embedding": F.col("_embedded.embedding"), "cluster_id": F.col("_embedded.cluster_id")})
+            .drop("_embedded"))
+
+
 def embedding_settings_hash(cfg: Config) -> str:
     """Hash of the settings ``embedding`` and ``cluster_id`` depend on: the embeddings section and KMeans's
     k, iterations and seed; not SemDeDup's threshold nor the diversity samples."""
@@ -173,7 +192,9 @@ def embed_and_cluster(silver: DataFrame, cfg: Config, log: RunLog,
     model_bytes = fit_embedding_model(silver, cfg)
     if model_bytes:
         log.artifact_bytes(model_bytes, "embeddings/hashed_tfidf.npz")
-    clustered, clusters = add_clusters(silver, cfg, lambda df: with_embeddings(df, cfg, model_bytes), hold)
+    clustered, clusters = add_clusters(silver, cfg, lambda df: with_embeddings(df, cfg, model_bytes), hold,
+                                       lambda df, centroids: with_embeddings_and_clusters(df, cfg, model_bytes,
+                                                                                          centroids))
     silver.unpersist()  # the cluster sizes read every row: the held clustered frame has them
     return clustered, clusters.withColumn("embedding_settings_hash", F.lit(embedding_settings_hash(cfg)))
 

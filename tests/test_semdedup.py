@@ -178,6 +178,29 @@ def test_clusters_do_not_depend_on_how_silver_is_partitioned(spark, demo):
 
 
 @pytest.mark.spark
+def test_one_udf_embeds_and_assigns_as_embedding_then_assignment_do(spark, demo):
+    """issue #16: the held pass embeds and assigns in one Python UDF (the embeddings do not go back to the
+    JVM and out again); its embeddings, cluster ids and cluster sizes are those of the two UDFs."""
+    from jobs.common import tables
+    from jobs.embed import add_clusters, fit_embedding_model, with_embeddings, with_embeddings_and_clusters
+
+    cfg, _, _ = demo
+    silver = (tables.read_table(spark, tables.table_ref(cfg, "silver"))
+              .drop("embedding", "cluster_id", "semantic_duplicate_of").repartition(3))
+    model = fit_embedding_model(silver, cfg)
+    results = []
+    for fused in (False, True):
+        clustered, summary = add_clusters(
+            silver, cfg, lambda df: with_embeddings(df, cfg, model),
+            embed_and_assign=(lambda df, c: with_embeddings_and_clusters(df, cfg, model, c)) if fused else None)
+        assert clustered.columns == [*silver.columns, "embedding", "cluster_id"]
+        results.append(({r["doc_id"]: (r["cluster_id"], list(r["embedding"])) for r in clustered.collect()},
+                        sorted((r["cluster_id"], r["size"]) for r in summary.collect())))
+    assert results[0] == results[1]
+    assert len({cluster for cluster, _ in results[0][0].values()}) > 1
+
+
+@pytest.mark.spark
 def test_semdedup_splits_clusters_above_its_partition_size(spark, demo):
     """issue #16: SemDeDup is quadratic in group size (8 clusters of ~125,000 documents took ~350 s at 1 M);
     above k * semdedup_partition_size candidates a finer KMeans splits the groups, and each group is

@@ -72,19 +72,45 @@ def language_column(text: Column, max_chars: int) -> Column:
     return detect(text)
 
 
+def _embedding_model(model_bytes: bytes | None, model_path: str | None):
+    from udfs.embeddings import EmbeddingModel, SentenceTransformerEmbedder
+
+    return EmbeddingModel.from_bytes(model_bytes) if model_bytes else SentenceTransformerEmbedder(model_path)
+
+
 def embedding_column(text: Column, model_bytes: bytes | None = None, model_path: str | None = None) -> Column:
     """array<float> embedding of ``text``: a fitted hashed-TF-IDF model (shipped as bytes), or a local
     sentence-transformers model folder (``model_path``, present on every executor)."""
 
     @pandas_udf(ArrayType(FloatType()))
     def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        from udfs.embeddings import EmbeddingModel, SentenceTransformerEmbedder
-
-        # Loaded once per task, not per batch.
-        model = EmbeddingModel.from_bytes(model_bytes) if model_bytes else SentenceTransformerEmbedder(model_path)
+        model = _embedding_model(model_bytes, model_path)  # once per task, not per batch
         for texts in batches:
             vectors = model.transform(texts.tolist())
             yield pd.Series(list(vectors.astype(np.float32)))
+
+    return embed(text)
+
+
+EMBEDDING_AND_CLUSTER_TYPE = StructType([StructField("embedding", ArrayType(FloatType())),
+                                         StructField("cluster_id", IntegerType())])
+
+
+def embedding_and_cluster_column(text: Column, centroids: np.ndarray, model_bytes: bytes | None = None,
+                                 model_path: str | None = None) -> Column:
+    """struct(embedding, cluster_id): :func:`embedding_column` and :func:`nearest_centroid_column` of it in
+    one Python pass, so the embeddings (1 KB a document) are not sent back to the JVM and out again to be
+    assigned. The same values as the two columns (float32 embeddings in both)."""
+
+    @pandas_udf(EMBEDDING_AND_CLUSTER_TYPE)
+    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        from udfs.kmeans import nearest_centroid
+
+        model = _embedding_model(model_bytes, model_path)
+        for texts in batches:
+            vectors = model.transform(texts.tolist()).astype(np.float32)
+            rows = vectors if len(vectors) else np.zeros((0, centroids.shape[1]), dtype=np.float32)
+            yield pd.DataFrame({"embedding": list(vectors), "cluster_id": nearest_centroid(rows, centroids)})
 
     return embed(text)
 
