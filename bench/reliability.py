@@ -186,6 +186,7 @@ def soak_1m() -> dict[str, Any] | str:
     driver = {size: runs[size]["peak_memory_gib"]["python_driver"] for size in ("100000", "1000000") if size in runs}
     return {"source": "bench/results/pipeline.json", "date": run.get("date"), "finished": run["finished"],
             "wall_seconds": run["wall_seconds"], "peak_memory_gib": peak, "under_8_gib": peak["total"] < 8,
+            "memory_measure": run.get("memory_measure", "summed RSS"),
             "bounded_driver_collects": {
                 "python_driver_peak_gib": driver,
                 "how": "every collect and toPandas in jobs/ is an aggregate or a capped sample (audited "
