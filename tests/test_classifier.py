@@ -139,7 +139,9 @@ def test_fits_in_forked_processes_give_the_bundle_of_fits_in_one_process(
                                          processes=processes) for processes in (1, 2)}
     fits = pids.read_text().split()
     in_parent = [pid for pid in fits if int(pid) == os.getpid()]
-    assert len(in_parent) == len(fits) // 2 and len(set(fits) - set(in_parent)) == 2  # 2 forked, none here
+    # processes=1: every fit here; processes=2: every fit in a forked process (one or two of them: a
+    # worker that starts late may find no fit left)
+    assert len(in_parent) == len(fits) // 2 and 1 <= len(set(fits) - set(in_parent)) <= 2
     probe = texts[::7]
     pd.testing.assert_frame_equal(bundles[1].score(probe), bundles[2].score(probe), check_exact=True)
     assert bundles[1].training_summary == bundles[2].training_summary
