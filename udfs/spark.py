@@ -109,8 +109,7 @@ def embedding_and_cluster_column(text: Column, centroids: np.ndarray, model_byte
         model = _embedding_model(model_bytes, model_path)
         for texts in batches:
             vectors = model.transform(texts.tolist()).astype(np.float32)
-            rows = vectors if len(vectors) else np.zeros((0, centroids.shape[1]), dtype=np.float32)
-            yield pd.DataFrame({"embedding": list(vectors), "cluster_id": nearest_centroid(rows, centroids)})
+            yield pd.DataFrame({"embedding": list(vectors), "cluster_id": nearest_centroid(vectors, centroids)})
 
     return embed(text)
 
