@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import pickle
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -474,17 +475,23 @@ def train_detector(texts: Sequence[str], labels: Sequence[int], tokenizer_bytes:
 
 
 # What forked fitting processes read: set before the fork, so the count matrix reaches them copy-on-write
-# instead of pickled.
+# instead of pickled. The lock keeps two trainings in threads of one process from forking with each
+# other's inputs (they take turns; each would want both cores anyway).
 _FORK_INPUTS: tuple | None = None
+_FORK_LOCK = threading.Lock()
 
 
-_Fitted = tuple[_NgramClassifier, np.ndarray | None]  # a classifier and the logits of its held-out rows
+# The final fit's classifier (no held-out rows), or a fold's held-out logits: a fold's classifier is not
+# kept (nor sent back from a fitting process), only what it says of the rows it did not see.
+_Fitted = tuple[_NgramClassifier | None, np.ndarray | None]
 
 
 def _fit_and_score(counts: sparse.csr_matrix, dense: np.ndarray | None, labels: np.ndarray, params: DetectorParams,
                    train_rows: np.ndarray | None, held_out: np.ndarray | None) -> _Fitted:
     classifier = _NgramClassifier.fit(counts, dense, labels, params, rows=train_rows)
-    return classifier, None if held_out is None else classifier.logit(counts, dense, rows=held_out)
+    if held_out is None:
+        return classifier, None
+    return None, classifier.logit(counts, dense, rows=held_out)
 
 
 def _fit_forked(index: int) -> _Fitted:
@@ -495,8 +502,9 @@ def _fit_forked(index: int) -> _Fitted:
 def _fit_classifiers(counts: sparse.csr_matrix, dense: np.ndarray | None, labels: np.ndarray, params: DetectorParams,
                      fits: list[tuple[np.ndarray | None, np.ndarray | None]],
                      processes: int) -> list[_Fitted]:
-    """One classifier per ``(train_rows, held_out)`` of ``fits`` (None: every row / no logits), with the
-    logits of its held-out rows, ``processes`` fits at a time.
+    """One fit per ``(train_rows, held_out)`` of ``fits`` (None: every row / no held-out rows): its
+    classifier when nothing is held out, else the logits of its held-out rows; ``processes`` fits at a
+    time.
 
     liblinear's fits are single-threaded and hold most of the training's time (72 of 89 s at 20,000
     documents in one process, while the driver's other core idles); they are independent, so they run
@@ -510,12 +518,13 @@ def _fit_classifiers(counts: sparse.csr_matrix, dense: np.ndarray | None, labels
     processes = min(processes, len(fits))
     if processes <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         return [_fit_and_score(counts, dense, labels, params, *fit) for fit in fits]
-    _FORK_INPUTS = (counts, dense, labels, params, fits)
-    try:
-        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_fit_forked, range(len(fits))))
-    finally:
-        _FORK_INPUTS = None
+    with _FORK_LOCK:
+        _FORK_INPUTS = (counts, dense, labels, params, fits)
+        try:
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+                return list(pool.map(_fit_forked, range(len(fits))))
+        finally:
+            _FORK_INPUTS = None
 
 
 def _monotone_stack_signals(logit: np.ndarray, signals: dict[str, np.ndarray], labels: np.ndarray,
