@@ -187,9 +187,15 @@ def _pss(pid: int) -> int | None:
     return None
 
 
-def tree_memory_by_kind(root: int, proportional: bool = True) -> tuple[dict[str, int], dict[str, int]]:
-    """Memory of ``root`` and its descendants summed per kind of process (from /proc): the memory the
-    tree holds, and summed resident sizes.
+def tree_processes(root: int) -> dict[int, tuple[str, int]]:
+    """``{pid: (kind, resident bytes)}`` of ``root`` and its descendants (one walk of /proc)."""
+    return {pid: (_kind(pid), resident) for pid, resident in tree_rss(root).items()}
+
+
+def memory_by_kind(processes: dict[int, tuple[str, int]],
+                   proportional: bool = True) -> tuple[dict[str, int], dict[str, int]]:
+    """Memory of :func:`tree_processes`' processes summed per kind: the memory the tree holds, and summed
+    resident sizes.
 
     A resident size counts a page once per process that maps it: the detector's training forks
     processes that share the driver's pages copy-on-write, and the PySpark daemon forks its workers, so
@@ -200,8 +206,7 @@ def tree_memory_by_kind(root: int, proportional: bool = True) -> tuple[dict[str,
     decide whether the PSS can be a new peak (PSS <= RSS)."""
     held: dict[str, int] = {}
     rss: dict[str, int] = {}
-    for pid, resident in tree_rss(root).items():
-        kind = _kind(pid)
+    for pid, (kind, resident) in processes.items():
         size = _pss(pid) if proportional and kind != "jvm" else None
         held[kind] = held.get(kind, 0) + (resident if size is None else size)
         rss[kind] = rss.get(kind, 0) + resident
@@ -226,7 +231,8 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
 
         def sample() -> None:
             while not done.is_set():
-                _, resident = tree_memory_by_kind(process.pid, proportional=False)
+                processes = tree_processes(process.pid)
+                _, resident = memory_by_kind(processes, proportional=False)
                 rss_peak["total"] = max(rss_peak["total"], sum(resident.values()))
                 for kind, size in resident.items():
                     rss_peak[kind] = max(rss_peak.get(kind, 0), size)
@@ -238,7 +244,7 @@ def run_pipeline(work: Path, arguments: list[str], timeout: int) -> dict[str, An
                     done.wait(0.2)
                     continue
                 last_pss[0] = time.perf_counter()
-                by_kind, _ = tree_memory_by_kind(process.pid)
+                by_kind, _ = memory_by_kind(processes)  # the same processes, their PSS
                 total = sum(by_kind.values())
                 if total > peak["total"]:
                     running = STEP_RUNNING.findall(log_path.read_text(errors="replace"))
