@@ -121,4 +121,7 @@ def test_no_file_a_whole_demo_run_writes_holds_a_configured_secret(demo) -> None
     kinds = {path.suffix for path in files}
     assert {".json", ".parquet", ".html", ".db"} <= kinds, kinds  # the scan covers every kind of evidence
     leaks = [str(path.relative_to(root)) for path in files if PLANTED_SECRET.encode() in path.read_bytes()]
+    if report := os.environ.get("CLEANWELL_SECRET_SCAN_REPORT"):  # bench.reliability records the scan
+        Path(report).write_text(json.dumps({"files_scanned": len(files), "secrets_found": len(leaks),
+                                            "files_with_secret": leaks}))
     assert leaks == []
