@@ -210,3 +210,62 @@ def test_the_runs_a_process_keeps_are_those_on_disk_and_another_writer_s_row_is_
         tables.append(tables.local_frame(spark, [(name, "r", "h", {}, {}, "{}", other[-1])], STATE_SCHEMA), ref)
     assert tables.current_version(spark, ref) == 2
     assert sorted(r["step"] for r in kept()) == ["a", "b", "c"]
+
+
+@pytest.mark.slow  # a forked demo lake, dedup twice and an ingest in its own process (~60 s); CI runs it
+def test_an_ingest_that_appends_while_dedup_runs_is_in_silver_after_the_next_run(spark, fork_demo, tmp_path,
+                                                                                 monkeypatch):
+    """Issue #13's "a dedup while an ingest appends": another process ingests new documents into bronze
+    while dedup, having read bronze, is about to commit silver. Dedup commits what it read and its counts
+    add up; it records the bronze it started from, so the next run is not "up to date": it dedups again
+    and silver then holds every document, each once."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from pyspark.sql import functions as F
+
+    from jobs import dedup
+    from jobs.common import faults
+    from jobs.common.runner import execute
+    from jobs.pipeline import STEPS
+    from tests.conftest import DEMO_CONFIG, REPO, SHORT_LIVED_JVM, lake_overrides
+
+    cfg, root = fork_demo()
+    bronze_ref, silver_ref = tables.table_ref(cfg, "bronze"), tables.table_ref(cfg, "silver")
+    late = tmp_path / "late"
+    late.mkdir()
+    texts = [f"Late document {i}: a text that arrived while dedup was running, and it must not be lost."
+             for i in range(3)]
+    (late / "late.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    extra = tmp_path / "late.yaml"
+    extra.write_text(yaml.safe_dump({"ingest": {"sources": [{
+        "name": "latecomer", "path": str(late), "format": "jsonl",
+        "defaults": {"origin": "human", "license": "CC0-1.0", "domain": "news", "language": "en"}}]}}))
+    ingested = []
+
+    def other_process_ingests(event: str, table: str) -> None:
+        if (event, table) == ("before-write", "silver") and not ingested:
+            ingested.append(subprocess.run(
+                [sys.executable, "-m", "jobs.cli", "ingest", "-c", str(DEMO_CONFIG), "-c", str(extra),
+                 *lake_overrides(root), SHORT_LIVED_JVM], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                capture_output=True, text=True, timeout=600))
+
+    bronze_before = tables.read_table(spark, bronze_ref).select("doc_id").distinct().count()
+    monkeypatch.setattr(faults, "point", other_process_ingests)
+    first = execute(dedup.STEP, spark, cfg, steps=STEPS, force=True)
+    monkeypatch.undo()
+    assert ingested and ingested[0].returncode == 0, ingested and ingested[0].stderr[-3000:]
+    silver = tables.read_table(spark, silver_ref)
+    assert first.summary["rows_out"] == silver.count() == bronze_before  # what it read, counted as published
+    assert first.summary["rows_in"] - first.summary["rows_out"] == first.summary["removed"]["exact_duplicate"]
+
+    second = execute(dedup.STEP, spark, cfg, steps=STEPS)  # not forced: bronze changed since dedup read it
+    assert second.status == "ran"
+    bronze_ids = tables.read_table(spark, bronze_ref).select("doc_id").distinct()
+    assert bronze_ids.count() == bronze_before + 3
+    silver = tables.read_table(spark, silver_ref)
+    assert silver.count() == silver.select("doc_id").distinct().count() == bronze_before + 3
+    assert silver.where(F.col("source") == "latecomer").count() == 3
