@@ -12,6 +12,8 @@ from udfs.embeddings import (
     EmbeddingBackendError,
     EmbeddingModel,
     SentenceTransformerEmbedder,
+    hashed_word_ngram_counts,
+    murmurhash3_32,
 )
 
 M4 = Path(__file__).parents[1] / "data" / "m4"
@@ -95,3 +97,50 @@ def test_sentence_transformers_backend_never_downloads_a_missing_model(tmp_path:
 def test_sentence_transformers_backend_says_how_to_install_it(tmp_path: Path):
     with pytest.raises(EmbeddingBackendError, match=r"pip install 'cleanwell\[embeddings\]'"):
         SentenceTransformerEmbedder(tmp_path)
+
+
+def test_murmurhash_of_byte_ranges_equals_scikit_learns() -> None:
+    """issue #16: every range at once, short ones in numpy and long ones one by one; each equals
+    sklearn.utils.murmurhash3_32 of its bytes, tails of 0 to 3 bytes and empty ranges included."""
+    from sklearn.utils import murmurhash3_32 as reference
+
+    rng = np.random.default_rng(7)
+    keys = [bytes(rng.integers(0, 256, size, dtype=np.uint8)) for size in rng.integers(0, 80, 3000)]
+    keys += [b"", b"a", b"ab", b"abc", b"abcd", b"abcde", b"\xff" * 64, b"\xff" * 65, b"x" * 1000]
+    data = np.frombuffer(b"".join(keys), dtype=np.uint8)
+    lengths = np.array([len(k) for k in keys])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    expected = np.array([reference(key, seed=0) for key in keys], dtype=np.int32)
+    np.testing.assert_array_equal(murmurhash3_32(data, starts, lengths), expected)
+    short = lengths <= 64
+    np.testing.assert_array_equal(murmurhash3_32(data, starts[short], lengths[short]), expected[short])
+
+
+HOSTILE_TEXTS = ["", "a", "  \n\t ", "İstanbul ǅemal ÀÉ ß STRASSE", "under_score x_y 42 4 émoji 🙂🙂 日本語のテキスト",
+                 "a\nb\ncc dd\n\nee", "x" * 5000 + " yy", "tab\tsep\u00a0nbsp\u2028line zz", "ﬁne ﬂow ΣΊΣΥΦΟΣ",
+                 "١٢٣ arabic-indic ²³ superscripts Ⅻ numerals", "combining e\u0301 marks o\u0308"]
+
+
+@pytest.mark.parametrize(("ngram_range", "n_features"), [((1, 2), 2**18), ((1, 1), 1000), ((2, 3), 2**20)])
+def test_hashed_word_ngram_counts_equal_scikit_learns_hashing_vectorizer(
+        human_texts: list[str], ngram_range: tuple[int, int], n_features: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue #16: the embedding's counts, computed over a whole batch in numpy, are scikit-learn's
+    HashingVectorizer's (unsigned, unnormalised) entry for entry: same tokens (lowercased, the default token
+    pattern), same n-grams, same MurmurHash3 buckets."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    rng = np.random.default_rng(11)
+    # random code points from every plane that re's \w may or may not match (no surrogates: not UTF-8)
+    points = rng.integers(0x20, 0x30000, size=(40, 60))
+    points[(points >= 0xD800) & (points < 0xE000)] = 0x20
+    random_texts = ["".join(map(chr, row)) for row in points]
+    texts = human_texts + HOSTILE_TEXTS + random_texts
+    expected = HashingVectorizer(n_features=n_features, ngram_range=ngram_range, alternate_sign=False, norm=None,
+                                 dtype=np.float32).transform(texts)
+    expected.sort_indices()
+    counts = hashed_word_ngram_counts(texts, n_features, ngram_range)
+    assert counts.dtype == np.float32 and counts.shape == expected.shape
+    assert (counts != expected).nnz == 0
+    # the same in chunks of a few characters (a chunk boundary must not join or split tokens)
+    monkeypatch.setattr("udfs.embeddings._CHUNK_CHARS", 500)
+    assert (hashed_word_ngram_counts(texts, n_features, ngram_range) != expected).nnz == 0

@@ -1,8 +1,9 @@
 """Document embeddings for semantic deduplication and diversity (pure numpy/scipy/scikit-learn).
 
-The default backend needs no downloaded weights: word uni- and bigrams are hashed
-(scikit-learn's HashingVectorizer, MurmurHash3), weighted by sublinear TF-IDF, and sparse-randomly
-projected to a fixed dimension, then L2-normalised to float32. The IDF weights are fitted once on a
+The default backend needs no downloaded weights: word uni- and bigrams are hashed (the features and
+MurmurHash3 buckets of scikit-learn's HashingVectorizer, computed with numpy over a whole batch:
+:func:`hashed_word_ngram_counts`), weighted by sublinear TF-IDF, and sparse-randomly projected to a
+fixed dimension, then L2-normalised to float32. The IDF weights are fitted once on a
 sample and travel as bytes (``to_bytes``/``from_bytes``), so every batch on every executor embeds
 with the same weights. The projection is derived from the seed by a fixed integer hash, never
 stored, and does not depend on numpy's or scikit-learn's random generators across versions.
@@ -12,15 +13,18 @@ it never downloads. Neither backend decides anything: they return vectors.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
+
+from udfs.sparse_counts import count_matrix
 
 HASHED_TFIDF_FORMAT = "cleanwell-hashed-tfidf-v1"
 
@@ -36,6 +40,149 @@ class TextEmbedder(Protocol):
     def dim(self) -> int: ...
 
     def transform(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+_MURMUR_C1, _MURMUR_C2 = np.uint32(0xCC9E2D51), np.uint32(0x1B873593)
+_LONG_RANGE = 64  # bytes; longer byte ranges are hashed one by one (murmurhash3_32)
+
+
+def _rotl32(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def murmurhash3_32(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """MurmurHash3_x86_32 with seed 0 of each byte range ``data[starts[i]:starts[i] + lengths[i]]`` (uint8
+    ``data``), as int32: ``sklearn.utils.murmurhash3_32(bytes(range), seed=0)`` for every range at once.
+
+    The ranges are taken longest first, so the ranges that still have a 4-byte block ``j`` are a prefix and
+    each block position is a few numpy operations over that prefix. Ranges longer than ``_LONG_RANGE``
+    bytes (rare: a URL, a run of letters) are hashed one by one by scikit-learn, so one long range does not
+    cost a numpy pass per block."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    long = np.flatnonzero(lengths > _LONG_RANGE)
+    if len(long):
+        from sklearn.utils import murmurhash3_32 as reference
+
+        hashes = np.empty(len(lengths), dtype=np.int32)
+        short = np.flatnonzero(lengths <= _LONG_RANGE)
+        hashes[short] = murmurhash3_32(data, np.asarray(starts)[short], lengths[short])
+        hashes[long] = [reference(data[begin:begin + size].tobytes(), seed=0)
+                        for begin, size in zip(np.asarray(starts)[long].tolist(), lengths[long].tolist(), strict=True)]
+        return hashes
+    padded = np.concatenate([data, np.zeros(4, dtype=np.uint8)]).astype(np.uint32)  # a tail may read past the end
+    # the little-endian 32-bit word that starts at each byte: one gather per block below
+    words = (padded[:-3] | (padded[1:-2] << np.uint32(8)) | (padded[2:-1] << np.uint32(16))
+             | (padded[3:] << np.uint32(24)))
+    length = np.asarray(lengths, dtype=np.int64)
+    blocks = length // 4
+    longest = int(blocks.max()) if len(blocks) else 0
+    # longest first; a stable sort of small integers is a radix sort
+    order = np.argsort((longest - blocks).astype(np.uint16 if longest < 2**16 else np.int64), kind="stable")
+    first, length, blocks = np.asarray(starts, dtype=np.int64)[order], length[order], blocks[order]
+    h = np.zeros(len(first), dtype=np.uint32)
+    descending = -blocks
+    with np.errstate(over="ignore"):
+        for j in range(longest):
+            active = int(np.searchsorted(descending, -j, side="left"))  # ranges with more than j blocks
+            k = _rotl32(words[first[:active] + 4 * j] * _MURMUR_C1, 15) * _MURMUR_C2
+            h[:active] = _rotl32(h[:active] ^ k, 13) * np.uint32(5) + np.uint32(0xE6546B64)
+        tail = length & 3
+        at = first + 4 * blocks
+        k = words[at] & ((np.uint32(1) << (8 * tail).astype(np.uint32)) - np.uint32(1))  # the tail's 0-3 bytes
+        h = np.where(tail > 0, h ^ (_rotl32(k * _MURMUR_C1, 15) * _MURMUR_C2), h)
+        h ^= length.astype(np.uint32)
+        h ^= h >> np.uint32(16)
+        h *= np.uint32(0x85EBCA6B)
+        h ^= h >> np.uint32(13)
+        h *= np.uint32(0xC2B2AE35)
+        h ^= h >> np.uint32(16)
+    hashes = np.empty(len(first), dtype=np.int32)
+    hashes[order] = h.view(np.int32)
+    return hashes
+
+
+_CHUNK_CHARS = 1 << 21
+
+
+@functools.cache
+def _word_characters() -> np.ndarray:
+    """Which code points ``\\w`` matches in a ``re`` str pattern (alphanumeric or ``_``), indexed by code point."""
+    table = np.fromiter((chr(c).isalnum() for c in range(sys.maxunicode + 1)), dtype=bool, count=sys.maxunicode + 1)
+    table[ord("_")] = True
+    return table
+
+
+def _utf8_lengths(code_points: np.ndarray) -> np.ndarray:
+    return 1 + (code_points >= 0x80) + (code_points >= 0x800) + (code_points >= 0x10000)
+
+
+def hashed_word_ngram_counts(texts: Sequence[str], n_features: int = 2**18, ngram_range: tuple[int, int] = (1, 2),
+                             dtype: type = np.float32) -> sp.csr_matrix:
+    """Counts of hashed word n-grams, one row per text: equal to scikit-learn's
+    ``HashingVectorizer(n_features=n_features, ngram_range=ngram_range, alternate_sign=False, norm=None,
+    dtype=dtype).transform(texts)`` (tests/test_embeddings.py), several times faster.
+
+    scikit-learn finds tokens with a regular expression, builds each n-gram as a Python string and hashes
+    it in a Python-level loop: most of an embedding's time. Here the batch is lowercased and decoded to
+    code points once; a token (scikit-learn's ``\\b\\w\\w+\\b``) is a maximal run of two or more word
+    characters. The tokens are laid out as UTF-8 with one space after each, so an n-gram is the byte range
+    from its first token's start to its last token's end, and every range is hashed at once
+    (:func:`murmurhash3_32`)."""
+    low, high = ngram_range
+    if not 1 <= low <= high:
+        raise ValueError(f"ngram_range must be (low, high) with 1 <= low <= high, got {ngram_range}")
+    blocks, chunk, chars = [], [], 0
+    for text in texts:  # chunks of about _CHUNK_CHARS characters bound the temporary arrays (~60 bytes each)
+        if chunk and chars + len(text) > _CHUNK_CHARS:
+            blocks.append(_word_ngram_counts(chunk, n_features, ngram_range, dtype))
+            chunk, chars = [], 0
+        chunk.append(text)
+        chars += len(text)
+    blocks.append(_word_ngram_counts(chunk, n_features, ngram_range, dtype))
+    return blocks[0] if len(blocks) == 1 else sp.vstack(blocks, format="csr", dtype=dtype)
+
+
+def _word_ngram_counts(texts: list[str], n_features: int, ngram_range: tuple[int, int], dtype: type) -> sp.csr_matrix:
+    low, high = ngram_range
+    shape = (len(texts), n_features)
+    lowered = [text.lower() for text in texts]
+    # a space between texts: no run of word characters crosses from one text into the next
+    points = np.frombuffer(" ".join(lowered).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    text_starts = np.cumsum([0] + [len(text) + 1 for text in lowered[:-1]])
+    edges = np.diff(np.concatenate([[False], _word_characters()[points], [False]]).astype(np.int8))
+    run_starts, run_ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    token = run_ends - run_starts >= 2
+    starts, ends = run_starts[token], run_ends[token]
+    if not len(starts):
+        return sp.csr_matrix(shape, dtype=dtype)
+    text_of_token = np.searchsorted(text_starts, starts, side="right") - 1
+    # the tokens' code points, each token followed by a space, and where each token's bytes start in UTF-8
+    sizes = ends - starts + 1
+    position = np.arange(int(sizes.sum()), dtype=np.int64)
+    token_at = np.repeat(np.arange(len(starts)), sizes)
+    offset = position - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    laid_out = np.where(offset < np.repeat(sizes - 1, sizes), points[np.minimum(starts[token_at] + offset,
+                                                                                     len(points) - 1)], 0x20)
+    byte_at = np.concatenate([[0], np.cumsum(_utf8_lengths(laid_out))])
+    token_first = np.cumsum(sizes) - sizes
+    byte_starts = byte_at[token_first]
+    byte_ends = byte_at[token_first + sizes - 1]
+    data = np.frombuffer(laid_out.astype(np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+                         .encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    rows, range_starts, lengths = [], [], []
+    for n in range(low, high + 1):
+        if len(starts) < n:
+            break
+        first = np.flatnonzero(text_of_token[:len(starts) - n + 1] == text_of_token[n - 1:])
+        rows.append(text_of_token[first])
+        range_starts.append(byte_starts[first])
+        lengths.append(byte_ends[first + n - 1] - byte_starts[first])
+    if not rows:  # fewer tokens than the shortest n-gram
+        return sp.csr_matrix(shape, dtype=dtype)
+    hashes = murmurhash3_32(data, np.concatenate(range_starts), np.concatenate(lengths))
+    # abs(h) % n_features; for h = -2**31 scikit-learn's special case gives the same bucket
+    buckets = np.abs(hashes.astype(np.int64)) % n_features
+    return count_matrix(np.concatenate(rows), buckets, shape, dtype)
 
 
 def _splitmix64(values: np.ndarray) -> np.ndarray:
@@ -75,10 +222,6 @@ class EmbeddingModel:
         self.batch_size = batch_size
         self.idf: np.ndarray | None = None
         self.n_fit_documents = 0
-        # alternate_sign off: counts stay non-negative so sublinear TF (1 + log tf) is defined.
-        self._vectorizer = HashingVectorizer(
-            n_features=n_features, ngram_range=self.ngram_range, alternate_sign=False, norm=None,
-            dtype=np.float32)
         self._projection: sp.csr_matrix | None = None
 
     @property
@@ -94,7 +237,7 @@ class EmbeddingModel:
         document_frequency = np.zeros(self.n_features, dtype=np.int64)
         n_documents = 0
         for batch in _batches(texts, self.batch_size):
-            counts = self._vectorizer.transform(batch).tocsc()
+            counts = self._counts(batch).tocsc()
             document_frequency += np.diff(counts.indptr)
             n_documents += len(batch)
         if n_documents == 0:
@@ -114,7 +257,7 @@ class EmbeddingModel:
         projection = self._projection_matrix()
         for start in range(0, len(texts), self.batch_size):
             batch = [text if isinstance(text, str) else "" for text in texts[start:start + self.batch_size]]
-            tfidf = self._vectorizer.transform(batch).tocsr()
+            tfidf = self._counts(batch)
             np.log(tfidf.data, out=tfidf.data)
             tfidf.data += 1.0
             tfidf.data *= self.idf[tfidf.indices]
@@ -123,6 +266,10 @@ class EmbeddingModel:
             np.divide(projected, norms, out=projected, where=norms > 0)
             out[start:start + len(batch)] = projected
         return out
+
+    def _counts(self, texts: Sequence[str]) -> sp.csr_matrix:
+        # unsigned counts (alternate_sign off in scikit-learn's terms), so sublinear TF (1 + log tf) is defined
+        return hashed_word_ngram_counts(texts, self.n_features, self.ngram_range)
 
     def _projection_matrix(self) -> sp.csr_matrix:
         if self._projection is None:
