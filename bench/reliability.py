@@ -11,8 +11,9 @@
    RUNNING. ``rows_lost`` / ``rows_duplicated`` count the differences (0 is the promise).
 2. **The suites** behind the other promises, run through pytest with their slow cases: concurrent writers
    (tests/test_concurrency.py), secrets (tests/test_secrets.py, tests/test_mlflow_server.py's password
-   test; the whole-run scan's files scanned and secrets found are recorded), hostile input (tests/test_hostile_input.py) and the fuzz properties with a long budget
-   (``--fuzz-examples``, bench.fuzz's figures).
+   test; the whole-run scan's files scanned and secrets found are recorded), hostile input
+   (tests/test_hostile_input.py) and the fuzz properties with a long budget (``--fuzz-examples``, bench.fuzz's
+   figures).
 
 Writes bench/results/reliability.json. The 1 M-document soak is ``python -m bench.pipeline --sizes 1000000``
 (~45 min on 2 cores); its latest result (peak memory of driver, JVM and workers) is copied in here, with
@@ -157,10 +158,12 @@ def crash_chain(spark, work: Path, selection: str) -> dict:
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def run_suites(fuzz_examples: int) -> dict:
+def run_suites(fuzz_examples: int, names: list[str] | None = None) -> dict:
     results = {}
     scan = Path(tempfile.mkdtemp(prefix="cleanwell-secret-scan-")) / "scan.json"
     for name, targets in SUITES.items():
+        if names is not None and name not in names:
+            continue
         t = time.perf_counter()
         env = {**os.environ, "CLEANWELL_FUZZ_EXAMPLES": str(fuzz_examples), "CLEANWELL_SECRET_SCAN_REPORT": str(scan)}
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
@@ -209,8 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the crash chain; keep the suites' results already in reliability.json")
     parser.add_argument("--suites-only", action="store_true",
                         help="only the suites; keep the crash-chain results already in reliability.json")
+    parser.add_argument("--suites", type=lambda value: value.split(","), default=None, metavar="NAME,...",
+                        help=f"only these suites ({', '.join(SUITES)}); keep the others' results already in "
+                             "reliability.json")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    if unknown := set(args.suites or ()) - set(SUITES):
+        parser.error(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
 
     from jobs.common.config import load_config
     from jobs.common.session import get_spark
@@ -224,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             result = {"crash_points": crash_chain(spark, work, args.points)}
         finally:
             spark.stop()
+    kept = json.loads(RESULTS.read_text()).get("suites", {}) if RESULTS.exists() else {}
     if not args.skip_suites:
-        result["suites"] = run_suites(args.fuzz_examples)
-    elif RESULTS.exists() and "suites" in (kept := json.loads(RESULTS.read_text())):
-        result["suites"] = kept["suites"]  # kept, as --suites-only keeps the chain
+        result["suites"] = {**kept, **run_suites(args.fuzz_examples, args.suites)} if args.suites else \
+            run_suites(args.fuzz_examples)
+    elif kept:
+        result["suites"] = kept  # kept, as --suites-only keeps the chain
     result["soak_1m_documents"] = soak_1m()
     chain = result["crash_points"]
     print(f"\ncrash points {chain['points']}, killed {chain['killed']}, survived {chain['survived']}, "
