@@ -58,27 +58,26 @@ def murmurhash3_32(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) ->
     each block position is a few numpy operations over that prefix. Ranges longer than ``_LONG_RANGE``
     bytes (rare: a URL, a run of letters) are hashed one by one by scikit-learn, so one long range does not
     cost a numpy pass per block."""
-    lengths = np.asarray(lengths, dtype=np.int64)
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
     long = np.flatnonzero(lengths > _LONG_RANGE)
     if len(long):
         from sklearn.utils import murmurhash3_32 as reference
 
         hashes = np.empty(len(lengths), dtype=np.int32)
         short = np.flatnonzero(lengths <= _LONG_RANGE)
-        hashes[short] = murmurhash3_32(data, np.asarray(starts)[short], lengths[short])
+        hashes[short] = murmurhash3_32(data, starts[short], lengths[short])
         hashes[long] = [reference(data[begin:begin + size].tobytes(), seed=0)
-                        for begin, size in zip(np.asarray(starts)[long].tolist(), lengths[long].tolist(), strict=True)]
+                        for begin, size in zip(starts[long].tolist(), lengths[long].tolist(), strict=True)]
         return hashes
     padded = np.concatenate([data, np.zeros(4, dtype=np.uint8)]).astype(np.uint32)  # a tail may read past the end
     # the little-endian 32-bit word that starts at each byte: one gather per block below
     words = (padded[:-3] | (padded[1:-2] << np.uint32(8)) | (padded[2:-1] << np.uint32(16))
              | (padded[3:] << np.uint32(24)))
-    length = lengths
-    blocks = length // 4
+    blocks = lengths // 4
     longest = int(blocks.max()) if len(blocks) else 0
     # longest first; a stable sort of small integers is a radix sort
     order = np.argsort((longest - blocks).astype(np.uint16 if longest < 2**16 else np.int64), kind="stable")
-    first, length, blocks = np.asarray(starts, dtype=np.int64)[order], length[order], blocks[order]
+    first, length, blocks = starts[order], lengths[order], blocks[order]
     h = np.zeros(len(first), dtype=np.uint32)
     descending = -blocks
     with np.errstate(over="ignore"):
@@ -158,13 +157,13 @@ def _word_ngram_counts(texts: list[str], n_features: int, ngram_range: tuple[int
     text_of_token = np.searchsorted(text_starts, starts, side="right") - 1
     # the tokens' code points, each token followed by a space, and where each token's bytes start in UTF-8
     sizes = ends - starts + 1
+    token_first = np.cumsum(sizes) - sizes  # where each token starts in the laid-out code points
     position = np.arange(int(sizes.sum()), dtype=np.int64)
     token_at = np.repeat(np.arange(len(starts)), sizes)
-    offset = position - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    offset = position - np.repeat(token_first, sizes)
     laid_out = np.where(offset < np.repeat(sizes - 1, sizes), points[np.minimum(starts[token_at] + offset,
                                                                                      len(points) - 1)], 0x20)
     byte_at = np.concatenate([[0], np.cumsum(_utf8_lengths(laid_out))])
-    token_first = np.cumsum(sizes) - sizes
     byte_starts = byte_at[token_first]
     byte_ends = byte_at[token_first + sizes - 1]
     data = np.frombuffer(laid_out.astype(np.uint32, copy=False).tobytes().decode("utf-32-le", "surrogatepass")

@@ -108,7 +108,7 @@ def embedding_and_cluster_column(text: Column, centroids: np.ndarray, model_byte
 
         model = _embedding_model(model_bytes, model_path)
         for texts in batches:
-            vectors = model.transform(texts.tolist()).astype(np.float32)
+            vectors = model.transform(texts.tolist()).astype(np.float32, copy=False)  # float32 already: no copy
             yield pd.DataFrame({"embedding": list(vectors), "cluster_id": nearest_centroid(vectors, centroids)})
 
     return embed(text)
