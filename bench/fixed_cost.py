@@ -59,8 +59,7 @@ def profile_demo(folder: Path, profiles: Path | None = None, overrides: tuple[st
     started = time.perf_counter()
     from jobs import pipeline
     from jobs.common.config import load_config
-    from jobs.common.runner import execute
-    from jobs.common.session import get_spark
+    from jobs.common.runner import execute, start_spark
     from jobs.common.tracking import pipeline_run
 
     cfg = load_config([str(REPO_ROOT / "conf" / "demo.yaml")], [
@@ -68,7 +67,7 @@ def profile_demo(folder: Path, profiles: Path | None = None, overrides: tuple[st
         f"tracking.artifact_root={folder / 'mlartifacts'}", f"report.dir={folder / 'reports'}",
         f"sample.manifest_dir={folder / 'lake' / 'manifests'}", *overrides])
     imported = time.perf_counter() - started
-    spark = get_spark(cfg)
+    spark = start_spark(cfg)  # as `cleanwell run` does: MLflow and GX prepared while the JVM starts
     session = time.perf_counter() - started - imported
     tracker = spark.sparkContext.statusTracker()
     steps = []

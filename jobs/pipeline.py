@@ -12,9 +12,8 @@ from jobs import dedup, detect, embed, ingest, neardup, quality, report, sample,
 from jobs.common import tables
 from jobs.common.config import Config, load_config
 from jobs.common.errors import ConfigError
-from jobs.common.runner import StepOutcome, config_options, execute, pipeline_run_id_option, run_guarded
+from jobs.common.runner import StepOutcome, config_options, execute, pipeline_run_id_option, run_guarded, start_spark
 from jobs.common.secrets import redact_text
-from jobs.common.session import get_spark
 from jobs.common.tracking import pipeline_run, tracking_uri
 
 STEPS = [ingest.STEP, dedup.STEP, quality.STEP, neardup.STEP, token_counts.STEP, detect.STEP, embed.STEP,
@@ -26,7 +25,7 @@ def run_pipeline(cfg: Config, steps: list[str] | None = None, force: bool = Fals
     unknown = sorted(set(steps or []) - set(STEP_NAMES))
     if unknown:
         raise ConfigError(f"unknown step(s) {unknown}; steps are: {', '.join(STEP_NAMES)}")
-    spark = get_spark(cfg)
+    spark = start_spark(cfg)
     outcomes = []
     with pipeline_run(cfg) as parent_id:
         click.echo(f"cleanwell pipeline (MLflow run {parent_id}); lake: {tables.table_ref(cfg, 'bronze').location}")

@@ -52,7 +52,9 @@ def spark(tmp_path_factory):
     from jobs.common.config import load_config
     from jobs.common.session import get_spark
 
-    cfg = load_config(overrides=lake_overrides(tmp_path_factory.mktemp("session")))
+    # Small data, as the demo config sizes it (conf/demo.yaml): no whole-stage code generation.
+    cfg = load_config(overrides=[*lake_overrides(tmp_path_factory.mktemp("session")),
+                                 "spark.conf.spark.sql.codegen.wholeStage=false"])
     session = get_spark(cfg)
     yield session
     session.stop()

@@ -194,3 +194,17 @@ def test_long_steps_report_spark_progress(spark):
         spark.range(0, 2_000_000, numPartitions=24).selectExpr("sha2(cast(id as string), 512) AS h") \
             .groupBy("h").count().count()
     assert lines and all(line.startswith("[busy] … stage ") and "tasks" in line for line in lines)
+
+
+def test_starting_spark_prepares_the_tracking_store_and_raises_its_error(spark, make_config, tmp_path):
+    import mlflow
+
+    from jobs.common.runner import start_spark
+
+    cfg = make_config()
+    assert start_spark(cfg) is spark  # the active session, as get_spark gives it
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_experiment_by_name(cfg.tracking.experiment) is not None  # made in the warm-up thread
+
+    with pytest.raises(Exception, match="bogus"):  # not swallowed with its thread
+        start_spark(make_config("tracking.uri=bogus://nowhere"))

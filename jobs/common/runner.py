@@ -9,6 +9,7 @@ step or the registry, so the import graph has no cycle (tests/test_layering.py).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import os
@@ -27,7 +28,7 @@ from jobs.common.config import Config, load_config
 from jobs.common.errors import CleanwellError
 from jobs.common.secrets import redact_text
 from jobs.common.session import get_spark
-from jobs.common.tracking import PIPELINE_RUN_ID_ENV, RunLog, tracked_run
+from jobs.common.tracking import PIPELINE_RUN_ID_ENV, RunLog, configure, tracked_run
 
 STATE_SCHEMA = ("step string, run_id string, config_hash string, inputs map<string,string>, "
                 "outputs map<string,string>, summary string, finished_at timestamp")
@@ -255,6 +256,18 @@ def run_guarded(action: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
+def start_spark(cfg: Config) -> SparkSession:
+    """:func:`get_spark`, with what needs no Spark done in a thread meanwhile: the MLflow store (a fresh
+    sqlite store runs its migrations, ~2.5 s) and GX's first validation (~3.5 s, :func:`gates.prepare`).
+    Starting a local JVM takes ~5 s in which the Python driver only waits (docs/performance.md). An error
+    of either (an unreachable tracking server) is raised here, as it would have been at the first step."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cleanwell-warm-up") as pool:
+        ready = pool.submit(lambda: (configure(cfg), gates.prepare()))
+        spark = get_spark(cfg)
+        ready.result()
+    return spark
+
+
 def step_command(step: Step, steps: Sequence[Step]) -> click.Command:
     """A click command for one step of the pipeline ``steps``: ``cleanwell <step> [--config F] [--force]
     [key=value …]``."""
@@ -266,7 +279,7 @@ def step_command(step: Step, steps: Sequence[Step]) -> click.Command:
     def command(config_files: tuple[str, ...], overrides: tuple[str, ...], force: bool) -> None:
         def action() -> None:
             cfg = load_config(config_files, overrides)
-            execute(step, get_spark(cfg), cfg, steps=steps, force=force)
+            execute(step, start_spark(cfg), cfg, steps=steps, force=force)
 
         run_guarded(action)
 
