@@ -232,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
             result = {"crash_points": crash_chain(spark, work, args.points)}
         finally:
             spark.stop()
-    kept = json.loads(RESULTS.read_text()).get("suites", {}) if RESULTS.exists() else {}
+    # The suites' earlier results, read only when some are kept (--suites NAME,... or --skip-suites).
+    keeps_suites = args.skip_suites or args.suites
+    kept = json.loads(RESULTS.read_text()).get("suites", {}) if keeps_suites and RESULTS.exists() else {}
     if not args.skip_suites:
         result["suites"] = {**kept, **run_suites(args.fuzz_examples, args.suites)} if args.suites else \
             run_suites(args.fuzz_examples)

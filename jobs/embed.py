@@ -169,7 +169,8 @@ def with_embeddings_and_clusters(silver: DataFrame, cfg: Config, model_bytes: by
                                  centroids: np.ndarray) -> DataFrame:
     """``silver`` with ``embedding`` and ``cluster_id`` from one UDF, so the embeddings are not sent back
     to the JVM and out again to be assigned: ~10 % of the held pass (50,000 documents 11.53 -> 10.32 s,
-    docs/performance.md; the pass's other half, against the embedding alone, is not this)."""
+    docs/performance.md). What the pass spends beyond the embedding itself (since session 20 0.225 ms a
+    document in one process) is Spark's side of it, not measured apart yet."""
     both = embedding_and_cluster_column(F.col("text"), centroids, model_bytes, cfg.embeddings.model_path)
     return (silver.withColumn("_embedded", both)
             .withColumns({"embedding": F.col("_embedded.embedding"), "cluster_id": F.col("_embedded.cluster_id")})

@@ -87,7 +87,7 @@ def embedding_column(text: Column, model_bytes: bytes | None = None, model_path:
         model = _embedding_model(model_bytes, model_path)  # once per task, not per batch
         for texts in batches:
             vectors = model.transform(texts.tolist())
-            yield pd.Series(list(vectors.astype(np.float32)))
+            yield pd.Series(list(vectors.astype(np.float32, copy=False)))
 
     return embed(text)
 
