@@ -123,6 +123,23 @@ def test_configured_driver_java_options_keep_the_log4j_settings():
     assert driver_java_options(local_conf(load_config())).split()[1:] == list(LOCAL_HEAP_OPTIONS)
 
 
+def test_a_configured_collector_replaces_g1_and_its_settings():
+    # Two collectors on one command line: the JVM exits at start ("Multiple garbage collectors selected").
+    from jobs.common.session import G1_OPTIONS, LOCAL_HEAP_OPTIONS, driver_java_options, local_conf
+
+    def options(java_options: str) -> list[str]:
+        conf = local_conf(load_config(overrides=[f"spark.conf.spark.driver.extraJavaOptions={java_options}"]))
+        return driver_java_options(conf).split()[1:]
+
+    shrinking = [o for o in LOCAL_HEAP_OPTIONS if o not in G1_OPTIONS]
+    assert options("-XX:+UseParallelGC") == [*shrinking, "-XX:+UseParallelGC"]
+    assert options("-Xss4m -XX:+UseSerialGC") == [*shrinking, "-Xss4m", "-XX:+UseSerialGC"]
+    assert options("-XX:+UseG1GC") == [*LOCAL_HEAP_OPTIONS, "-XX:+UseG1GC"]  # G1 again: its settings stay
+    assert options("-XX:+UseGCOverheadLimit") == [*LOCAL_HEAP_OPTIONS, "-XX:+UseGCOverheadLimit"]  # not a collector
+    demo = local_conf(load_config([str(DEMO_CONFIG)]))
+    assert "-XX:+UseG1GC" not in driver_java_options(demo).split()  # the demo's small-data choice
+
+
 def test_the_local_jvm_runs_with_a_heap_that_shrinks(spark):
     """issue #16: the local JVM returns heap it does not use (G1, free ratio <= 30 %), so its idle
     resident memory does not add a full spark.driver.memory to the Python driver's peak."""

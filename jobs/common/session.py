@@ -14,6 +14,7 @@ puts them in ~/.m2 with one ``mvn`` run; after that no network is needed.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -181,9 +182,12 @@ def local_conf(cfg: Config) -> dict[str, str]:
 # A free ratio of 10-30 % sizes the committed heap to what is live after each collection, and a
 # collection every 5 s of idleness shrinks it between jobs: on a 30 M-row shuffle, 3.37 -> 1.7 GiB
 # after the job, 1.3 GiB idle, job times equal (docs/performance.md). Options a user sets in
-# `spark.driver.extraJavaOptions` come later on the command line, so they win.
-LOCAL_HEAP_OPTIONS = ("-XX:+UseG1GC", "-XX:G1PeriodicGCInterval=5000", "-XX:MinHeapFreeRatio=10",
-                      "-XX:MaxHeapFreeRatio=30")
+# `spark.driver.extraJavaOptions` come later on the command line, so they win; a collector chosen there
+# replaces G1 and its settings (the JVM refuses two collectors, "Multiple garbage collectors selected", which
+# PySpark reports only as a gateway that exited). conf/demo.yaml picks the parallel collector for small data.
+G1_OPTIONS = ("-XX:+UseG1GC", "-XX:G1PeriodicGCInterval=5000")
+LOCAL_HEAP_OPTIONS = (*G1_OPTIONS, "-XX:MinHeapFreeRatio=10", "-XX:MaxHeapFreeRatio=30")
+_OTHER_COLLECTOR = re.compile(r"-XX:\+Use(Serial|Parallel|ParallelOld|Z|Shenandoah|Epsilon)GC\b")
 
 
 def driver_java_options(conf: dict[str, str]) -> str:
@@ -191,8 +195,9 @@ def driver_java_options(conf: dict[str, str]) -> str:
     ``spark.driver.extraJavaOptions`` from ``conf`` (removed from it). Setting that key used to replace
     the log4j option, and with it the quiet console."""
     log4j = storage.materialized_conf("log4j2.properties")
-    return " ".join(filter(None, [f"-Dlog4j2.configurationFile={log4j}", *LOCAL_HEAP_OPTIONS,
-                                  str(conf.pop("spark.driver.extraJavaOptions", "") or "")]))
+    configured = str(conf.pop("spark.driver.extraJavaOptions", "") or "")
+    heap = [o for o in LOCAL_HEAP_OPTIONS if not (_OTHER_COLLECTOR.search(configured) and o in G1_OPTIONS)]
+    return " ".join(filter(None, [f"-Dlog4j2.configurationFile={log4j}", *heap, configured]))
 
 
 def _platform_session():
