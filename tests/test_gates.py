@@ -58,6 +58,14 @@ def test_disabled_gates_validate_nothing_and_queue_nothing(spark, make_config):
     assert mlflow.active_run() is None
 
 
+def test_preparing_the_gates_builds_the_context_only_when_gates_are_on(make_config):
+    gates._context.cache_clear()
+    gates.prepare(make_config("gates.enabled=false"))
+    assert gates._context.cache_info().currsize == 0  # no GX import nor context for a run without gates
+    gates.prepare(make_config())
+    assert gates._context.cache_info().currsize == 1
+
+
 @pytest.mark.spark
 def test_a_gate_that_cannot_be_computed_says_why(spark, make_config, tmp_path):
     """A UDF upstream of the validated frame that raises made every expectation "fail" with `{}`: the

@@ -106,10 +106,12 @@ def _context():
 Specs = list[tuple[str, dict[str, Any]]]
 
 
-def prepare() -> None:
+def prepare(cfg: Config) -> None:
     """Import GX, build this process's context and run one tiny pandas validation: the first gate of a
     process paid ~3.5 s for these on 2 cores (the later ones ~0.4 s). The runner calls it from a thread
-    while the JVM starts (:func:`jobs.common.runner.start_spark`), where it costs no wall time."""
+    while the JVM starts (:func:`jobs.common.runner.start_spark`). Nothing when gates are off."""
+    if not cfg.gates.enabled:
+        return
     import pandas as pd
 
     _run_suites(pd.DataFrame({"x": [1]}), {"warm-up": [("expect_column_to_exist", {"column": "x"})]},

@@ -262,7 +262,7 @@ def start_spark(cfg: Config) -> SparkSession:
     Starting a local JVM takes ~5 s in which the Python driver only waits (docs/performance.md). An error
     of either (an unreachable tracking server) is raised here, as it would have been at the first step."""
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cleanwell-warm-up") as pool:
-        ready = pool.submit(lambda: (configure(cfg), gates.prepare()))
+        ready = pool.submit(lambda: (configure(cfg), gates.prepare(cfg)))
         spark = get_spark(cfg)
         ready.result()
     return spark

@@ -196,7 +196,8 @@ def driver_java_options(conf: dict[str, str]) -> str:
     the log4j option, and with it the quiet console."""
     log4j = storage.materialized_conf("log4j2.properties")
     configured = str(conf.pop("spark.driver.extraJavaOptions", "") or "")
-    heap = [o for o in LOCAL_HEAP_OPTIONS if not (_OTHER_COLLECTOR.search(configured) and o in G1_OPTIONS)]
+    other_collector = _OTHER_COLLECTOR.search(configured) is not None
+    heap = [o for o in LOCAL_HEAP_OPTIONS if not (other_collector and o in G1_OPTIONS)]
     return " ".join(filter(None, [f"-Dlog4j2.configurationFile={log4j}", *heap, configured]))
 
 
