@@ -76,6 +76,8 @@ def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
 
 def exists(spark: SparkSession, ref: TableRef) -> bool:
     if ref.by_path:
+        with contextlib.suppress(Exception):  # without Delta's internal API: the public route below
+            return _updated_snapshot(spark, ref).version() >= 0
         if DeltaTable.isDeltaTable(spark, ref.location):
             return True
         # isDeltaTable answers from the JVM's cached log: a path this session saw with an empty _delta_log
@@ -123,25 +125,35 @@ def version_stamp(spark: SparkSession, ref: TableRef) -> tuple[int, int] | None:
     """(latest version, a stamp of its commit's time), or None when the table does not exist: one state of
     the table even when it is deleted and created again at the same place. Compare stamps for equality
     only (the two routes below measure the time differently)."""
-    if not exists(spark, ref):
+    if not ref.by_path and not exists(spark, ref):  # a path table's log says both (version -1: absent)
         return None
-    table = _delta_table(spark, ref)
-    try:
-        snapshot = _updated_snapshot(spark, table)
-        return int(snapshot.version()), int(snapshot.timestamp())
-    except Exception:  # a Delta without that internal API (or no py4j): the public route, one Spark job
-        row = table.history(1).select("version", "timestamp").first()
-        return int(row[0]), int(row[1].timestamp() * 1000)
+    snapshot = None
+    with contextlib.suppress(Exception):  # a Delta without the internal API: the public route below
+        snapshot = _updated_snapshot(spark, ref)
+    if snapshot is not None:
+        version = int(snapshot.version())
+        return None if version < 0 else (version, int(snapshot.timestamp()))
+    if ref.by_path and not exists(spark, ref):
+        return None
+    row = _delta_table(spark, ref).history(1).select("version", "timestamp").first()
+    return int(row[0]), int(row[1].timestamp() * 1000)
 
 
-def _updated_snapshot(spark: SparkSession, table: DeltaTable):
+def _updated_snapshot(spark: SparkSession, ref: TableRef):
     """Delta's log brought up to date from storage (it lists the log, so another process's commits count),
     without a Spark job: ``history(1)`` plans a query and runs a job for it, 0.3-0.5 s against 0.03 s,
-    and a demo run asks ~50 times (docs/performance.md). ``deltaLog`` and ``update`` are Delta Lake's
-    internal JVM API (delta-spark 4.x): a build without them (Databricks Runtime, Spark Connect's
-    Python-only DeltaTable) raises, and the caller takes the public route."""
-    log = table._jdt.deltaLog()
-    none = spark._jvm.scala.Option.empty()
+    and a demo run asks ~50 times (docs/performance.md). A path table's log is opened directly (version
+    -1: no table there): ``isDeltaTable`` and ``forPath`` before it listed the log twice more, and
+    answering "absent" took a failed read (~7 ms a lookup against ~20 warm, ~100 for an absent table).
+    ``DeltaLog``, ``deltaLog`` and ``update`` are Delta Lake's internal JVM API (delta-spark 4.x): a build
+    without them (Databricks Runtime, Spark Connect's Python-only DeltaTable) raises, and the caller takes
+    the public route."""
+    jvm = spark._jvm
+    if ref.by_path:
+        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, ref.location)
+    else:
+        log = _delta_table(spark, ref)._jdt.deltaLog()
+    none = jvm.scala.Option.empty()
     return log.update(False, none, none)
 
 
