@@ -49,6 +49,7 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
+from pyspark.util import inheritable_thread_target
 
 from jobs.common import gates, tables
 from jobs.common.components import connected_components
@@ -327,7 +328,7 @@ def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict
         if alongside is None:
             return tables.overwrite(df, ref, run_id=log.run_id, properties=properties)
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cleanwell-band-index") as pool:
-            other = pool.submit(alongside)
+            other = pool.submit(inheritable_thread_target(df.sparkSession)(alongside))  # the job group goes along
             version = tables.overwrite(df, ref, run_id=log.run_id, properties=properties)
             other.result()
         return version

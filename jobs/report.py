@@ -8,6 +8,7 @@ latest.html, and logged to MLflow.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import datetime as dt
 import html
 import io
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.util import inheritable_thread_target
 
 from jobs.common import storage, tables
 from jobs.common.config import Config
@@ -31,17 +33,15 @@ SAMPLE_ROWS = 50_000
 
 
 def _plot(draw) -> str:
-    import matplotlib
+    # matplotlib's object API, not pyplot: no global figure registry, no backend to select (a PNG is
+    # drawn with Agg), nothing to close.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=100)
-    draw(ax)
+    fig = Figure(figsize=(7.5, 3.6), dpi=100)
+    draw(fig.subplots())
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
@@ -185,20 +185,30 @@ def removals_section(cells: dict[str, pd.DataFrame], quarantine: pd.DataFrame | 
                    {"removed_by_reason": removed})
 
 
-def clusters_section(clusters: DataFrame | None) -> Section:
+def cluster_sizes(clusters: DataFrame | None) -> pd.DataFrame | None:
     if clusters is None:
+        return None
+    return clusters.select("cluster_id", "size").orderBy("cluster_id").toPandas().set_index("cluster_id")
+
+
+def clusters_section(sizes: pd.DataFrame | None) -> Section:
+    if sizes is None:
         return NOTHING
-    sizes = clusters.select("cluster_id", "size").orderBy("cluster_id").toPandas().set_index("cluster_id")
     return Section("<h2>Embedding clusters: documents per cluster (silver)</h2>" + _plot(
         lambda ax: (sizes["size"].plot.bar(ax=ax, color="#4bacc6"), ax.set_ylabel("documents"))),
         {"cluster_sizes": {int(k): int(v) for k, v in sizes["size"].items()}})
 
 
-def signals_section(silver: DataFrame | None) -> Section:
+def signal_sample(silver: DataFrame | None) -> pd.DataFrame | None:
+    """Up to SAMPLE_ROWS silver rows: origin and the reported signals silver has (None: none of them)."""
     present = [c for c in REPORTED_SIGNALS if silver is not None and c in silver.columns]
-    if not present:
+    return silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas() if present else None
+
+
+def signals_section(sample: pd.DataFrame | None) -> Section:
+    if sample is None:
         return NOTHING
-    sample = silver.select("origin", *present).limit(SAMPLE_ROWS).toPandas()
+    present = [c for c in sample.columns if c != "origin"]
 
     def draw(ax, column: str) -> None:
         for origin, part in sample.groupby("origin"):
@@ -212,13 +222,19 @@ def signals_section(silver: DataFrame | None) -> Section:
                            for column in present), {})
 
 
-def gates_section(gate_results: DataFrame | None) -> Section:
+def gate_outcomes(gate_results: DataFrame | None) -> pd.DataFrame | None:
+    """Every suite's latest outcomes."""
     if gate_results is None:
-        return NOTHING
+        return None
     latest = gate_results.groupBy("suite").agg(F.max("evaluated_at").alias("evaluated_at"))
-    outcomes = (gate_results.join(latest, ["suite", "evaluated_at"])
-                .select("suite", "target", "expectation", "kwargs", "success", "evaluated_at")
-                .orderBy("suite", "expectation").toPandas())
+    return (gate_results.join(latest, ["suite", "evaluated_at"])
+            .select("suite", "target", "expectation", "kwargs", "success", "evaluated_at")
+            .orderBy("suite", "expectation").toPandas())
+
+
+def gates_section(outcomes: pd.DataFrame | None) -> Section:
+    if outcomes is None:
+        return NOTHING
     return Section("<h2>Latest gate outcomes</h2>" + _table(outcomes),
                    {"gates_failed": int((~outcomes["success"]).sum())})
 
@@ -256,25 +272,40 @@ img{{max-width:100%}}</style></head><body>
 </body></html>"""
 
 
+# Threads issuing the report's queries. They are small and independent (one aggregation per table), so on
+# a cold local JVM each is mostly driver-side latency (planning, the table's snapshot, job scheduling):
+# issued at once they overlap, while the main thread draws the figures of those already back.
+QUERY_THREADS = 3
+
+
 def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]:
     """The report page and its facts (row counts, removals by reason, cluster sizes, gate failures, the
     latest manifest's totals), from the tables at their current versions."""
     lake = read_lake(spark, cfg)
-    cells = {stage: stage_cells(frame) for stage, frame in lake.stages.items()}
-    quarantine = quarantine_reasons(lake.quarantine)
-    counts = row_counts(cells, quarantine)
-    manifest = latest_manifest(lake.manifests)
-    sections = [
-        rows_section(counts, lake.versions),
-        quarantine_section(quarantine),
-        composition_section(cells, "origin"),
-        composition_section(cells, "source"),
-        removals_section(cells, quarantine, counts, manifest),
-        clusters_section(lake.clusters),
-        signals_section(lake.silver),
-        gates_section(lake.gate_results),
-        mixture_section(manifest),
-    ]
+    in_thread = inheritable_thread_target(spark)  # the caller's job group and scheduler pool go with them
+    with concurrent.futures.ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="cleanwell-report") as pool:
+        def query(function, *args) -> concurrent.futures.Future:
+            return pool.submit(in_thread(function), *args)
+
+        # Submitted in the order the sections below need them.
+        staged = {stage: query(stage_cells, frame) for stage, frame in lake.stages.items()}
+        reasons, newest = query(quarantine_reasons, lake.quarantine), query(latest_manifest, lake.manifests)
+        sizes, sample, outcomes = (query(cluster_sizes, lake.clusters), query(signal_sample, lake.silver),
+                                   query(gate_outcomes, lake.gate_results))
+        cells = {stage: future.result() for stage, future in staged.items()}
+        quarantine, manifest = reasons.result(), newest.result()
+        counts = row_counts(cells, quarantine)
+        sections = [
+            rows_section(counts, lake.versions),
+            quarantine_section(quarantine),
+            composition_section(cells, "origin"),
+            composition_section(cells, "source"),
+            removals_section(cells, quarantine, counts, manifest),
+            clusters_section(sizes.result()),
+            signals_section(sample.result()),
+            gates_section(outcomes.result()),
+            mixture_section(manifest),
+        ]
     facts: dict[str, Any] = {"versions": lake.versions}
     for section in sections:
         facts.update(section.facts)
