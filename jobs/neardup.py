@@ -39,9 +39,7 @@ threshold").
 """
 from __future__ import annotations
 
-import concurrent.futures
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -49,7 +47,6 @@ from typing import Any
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DoubleType, LongType, StringType, StructField, StructType
-from pyspark.util import inheritable_thread_target
 
 from jobs.common import gates, tables
 from jobs.common.components import connected_components
@@ -316,24 +313,10 @@ def read_silver(spark: SparkSession, cfg: Config) -> DataFrame:
     return silver.drop(*[c for c in NEAR_DUPLICATE_COLUMNS if c in silver.columns])
 
 
-def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict[str, str],
-                   alongside: Callable[[], Any] | None = None) -> None:
-    """Silver with its near-duplicate marks, through the ``silver_neardup`` gate. ``alongside`` (the band
-    index's write) runs once the gate has passed, in a second thread while silver is written: the two
-    writes are independent Delta commits to different tables, each a chain of small Spark jobs and
-    driver-side commit work, so on 2 cores they overlap (docs/performance.md, session 22). Either may
-    land without the other when one fails; a rerun recomputes the marks from the index's clusters,
-    which are the same clusters, so the result does not depend on which one landed."""
-    def write(df: DataFrame, ref: tables.TableRef) -> int:
-        if alongside is None:
-            return tables.overwrite(df, ref, run_id=log.run_id, properties=properties)
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cleanwell-band-index") as pool:
-            other = pool.submit(inheritable_thread_target(df.sparkSession)(alongside))  # the job group goes along
-            version = tables.overwrite(df, ref, run_id=log.run_id, properties=properties)
-            other.result()
-        return version
-
-    gates.publish(cfg, marked, "silver", "silver_neardup", log, write)
+def publish_silver(cfg: Config, log: RunLog, marked: DataFrame, properties: dict[str, str]) -> None:
+    """Silver with its near-duplicate marks, through the ``silver_neardup`` gate."""
+    gates.publish(cfg, marked, "silver", "silver_neardup", log, lambda df, ref: tables.overwrite(
+        df, ref, run_id=log.run_id, properties=properties))
 
 
 def write_band_index(cfg: Config, log: RunLog, found: NearDuplicates, settings: LshSettings, used: IndexUse) -> None:
@@ -375,8 +358,8 @@ def run(spark: SparkSession, cfg: Config, log: RunLog) -> dict[str, Any]:
     log.tags({"neardup.mode": mode, "neardup.mode_reason": used.reason})
     found = find_near_duplicates(documents, settings, used.index, reverify=mode == "reverify")
     publish_silver(cfg, log, with_marks(silver, choose_representatives(silver, found.clusters)),
-                   {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"},
-                   alongside=partial(write_band_index, cfg, log, found, settings, used))
+                   {**settings.table_properties(), f"{PROPERTY_PREFIX}enabled": "true"})
+    write_band_index(cfg, log, found, settings, used)
 
     metrics = detection_metrics(tables.read_table(spark, tables.table_ref(cfg, "silver")), found)
     for name, value in metrics.items():
