@@ -278,11 +278,19 @@ img{{max-width:100%}}</style></head><body>
 QUERY_THREADS = 3
 
 
+def _inheriting(spark: SparkSession):
+    """Wraps a thread's target so the caller's job group, description and scheduler pool go with it.
+    PySpark without pinned threads (PYSPARK_PIN_THREAD=false) has nothing to carry and hands the session
+    back instead of a wrapper."""
+    wrap = inheritable_thread_target(spark)
+    return (lambda function: function) if wrap is spark else wrap
+
+
 def build_report(spark: SparkSession, cfg: Config) -> tuple[str, dict[str, Any]]:
     """The report page and its facts (row counts, removals by reason, cluster sizes, gate failures, the
     latest manifest's totals), from the tables at their current versions."""
     lake = read_lake(spark, cfg)
-    in_thread = inheritable_thread_target(spark)  # the caller's job group and scheduler pool go with them
+    in_thread = _inheriting(spark)
     with concurrent.futures.ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="cleanwell-report") as pool:
         def query(function, *args) -> concurrent.futures.Future:
             return pool.submit(in_thread(function), *args)

@@ -186,6 +186,28 @@ def test_report_is_html_with_plots(demo):
     assert (root / "reports" / "latest.html").exists()
 
 
+def test_the_reports_queries_run_in_the_callers_job_group_and_without_pinned_threads(demo, spark, monkeypatch):
+    """The report's queries run on a small thread pool; they carry the caller's job group (bench.fixed_cost
+    counts jobs per step by it), and PySpark without pinned threads, whose inheritable_thread_target hands
+    the session back, builds the same report."""
+    from jobs import report
+
+    cfg, _, _ = demo
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("report-under-test", "report under test")
+    try:
+        _, facts = report.build_report(spark, cfg)
+    finally:
+        spark.sparkContext.setJobGroup("", "")
+    assert len(tracker.getJobIdsForGroup("report-under-test")) >= 6  # one or more per query, all in threads
+    assert facts["rows"]["silver"] == spark.read.format("delta").load(
+        str(Path(cfg.lake.root) / cfg.tables.silver)).count()
+
+    monkeypatch.setattr(report, "inheritable_thread_target", lambda f=None: f)  # as PySpark does unpinned
+    _, unpinned = report.build_report(spark, cfg)
+    assert unpinned == facts
+
+
 def test_long_steps_report_spark_progress(spark):
     from jobs.common.runner import spark_progress
 

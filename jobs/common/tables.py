@@ -142,7 +142,7 @@ def version_stamp(spark: SparkSession, ref: TableRef) -> tuple[int, int] | None:
 def _updated_snapshot(spark: SparkSession, ref: TableRef):
     """Delta's log brought up to date from storage (it lists the log, so another process's commits count),
     without a Spark job: ``history(1)`` plans a query and runs a job for it, 0.3-0.5 s against 0.03 s,
-    and a demo run asks ~50 times (docs/performance.md). A path table's log is opened directly (version
+    and a demo run asks ~90 times (docs/performance.md). A path table's log is opened directly (version
     -1: no table there): ``isDeltaTable`` and ``forPath`` before it listed the log twice more, and
     answering "absent" took a failed read (~7 ms a lookup against ~20 warm, ~100 for an absent table).
     ``DeltaLog``, ``deltaLog`` and ``update`` are Delta Lake's internal JVM API (delta-spark 4.x): a build
