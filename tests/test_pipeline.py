@@ -200,8 +200,7 @@ def test_the_reports_queries_run_in_the_callers_job_group_and_without_pinned_thr
     finally:
         spark.sparkContext.setJobGroup("", "")
     assert len(tracker.getJobIdsForGroup("report-under-test")) >= 6  # one or more per query, all in threads
-    assert facts["rows"]["silver"] == spark.read.format("delta").load(
-        str(Path(cfg.lake.root) / cfg.tables.silver)).count()
+    assert facts["rows"]["silver"] == tables.read_table(spark, tables.table_ref(cfg, "silver")).count()
 
     monkeypatch.setattr(report, "inheritable_thread_target", lambda f=None: f)  # as PySpark does unpinned
     _, unpinned = report.build_report(spark, cfg)
